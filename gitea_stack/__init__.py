@@ -1,0 +1,1 @@
+"""gitea-stack: a production Gitea forge on AWS as a Pulumi program."""

@@ -1,0 +1,88 @@
+"""Wires the components into one stack and exports what an operator needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+from pulumi.runtime import config as runtime_config
+
+from gitea_stack.compute import GiteaHost, HostArgs
+from gitea_stack.dns import ForgeDns, find_zone_id
+from gitea_stack.mail import Mail
+from gitea_stack.network import Network
+from gitea_stack.secrets import StackSecrets
+from gitea_stack.settings import NAMESPACE, Settings, SettingsError, parse_settings, qualified
+from gitea_stack.storage import BackupBucket
+
+
+def read_stack_config() -> dict[str, Any]:
+    """Every `gitea-stack:*` value of the stack, unknown keys included, so typos can be reported."""
+    prefix = f"{NAMESPACE}:"
+    values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    return {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix)}
+
+
+def load_settings() -> Settings:
+    try:
+        return parse_settings(read_stack_config(), pulumi.get_stack())
+    except SettingsError as error:
+        # RunError ends the program with the message alone, before any resource is registered.
+        raise pulumi.RunError(str(error)) from None
+
+
+def choose_availability_zone(settings: Settings, region: str) -> str:
+    offerings = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone",
+        filters=[{"name": "instance-type", "values": [settings.instance_type]}])
+    zones = sorted(offerings.locations)
+    if not zones:
+        raise pulumi.RunError(
+            f"{qualified('instanceType')}: {settings.instance_type} is not offered in any availability zone of "
+            f"{region}; expected an instance type this region sells")
+    return zones[0]
+
+
+def build_stack(settings: Settings) -> dict[str, Any]:
+    """Registers the whole estate and returns the stack outputs."""
+    region = aws.get_region().region
+    partition = aws.get_partition().partition
+    zone_id = find_zone_id(settings.hosted_zone)
+
+    network = Network("network", settings, availability_zone=choose_availability_zone(settings, region))
+    backups = BackupBucket("backups", settings)
+    secrets = StackSecrets("secrets", settings)
+    mail = Mail("mail", settings, zone_id=zone_id, region=region)
+    all_secrets = {**secrets.secrets, "smtp-credentials": mail.smtp_secret}
+    host = GiteaHost("host", settings, HostArgs(
+        subnet_id=network.subnet.id,
+        availability_zone=network.subnet.availability_zone,
+        security_group_id=network.security_group.id,
+        backup_bucket_arn=backups.bucket.arn,
+        secret_arns=pulumi.Output.all(*(secret.arn for secret in all_secrets.values())),
+        mail_identity_arns=mail.identity_arns,
+        region=region,
+        partition=partition,
+    ))
+    ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
+
+    return {
+        "url": settings.https_url,
+        "publicIp": host.public_ip,
+        "adminSshCommand": pulumi.Output.concat(
+            f"ssh -i gitea-stack-{settings.stack}.key -p {settings.admin_ssh_port} ubuntu@", host.public_ip),
+        "gitCloneHttps": settings.https_clone_url("OWNER", "REPOSITORY"),
+        "gitCloneSsh": settings.ssh_clone_url("OWNER", "REPOSITORY"),
+        "backupBucket": backups.bucket.bucket,
+        "secretNames": {key: secret.name for key, secret in all_secrets.items()},
+        "instanceId": host.instance.id,
+        "dataVolumeId": host.data_volume.id,
+        "provisioningPrivateKey": pulumi.Output.secret(host.private_key),
+    }
+
+
+def main() -> None:
+    settings = load_settings()
+    for name, value in build_stack(settings).items():
+        pulumi.export(name, value)

@@ -1,0 +1,66 @@
+"""Secrets: generated with pulumi-random, kept in Secrets Manager, read on the host by the instance role.
+
+Values stay secret Outputs end to end: encrypted in Pulumi state, never in a command string, user
+data or a copied file. Secrets a restore needs (database, restic and Gitea keys) outlive a destroy
+when `retainDataOnDestroy` is set, because the retained backups are useless without them.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from gitea_stack.settings import Settings
+
+# Secret key -> length. Letters and digits only: no quoting pitfalls in env files, URLs or shells,
+# and 40+ such characters carry more than 230 bits.
+GENERATED_SECRETS: dict[str, int] = {
+    "postgres-password": 40,
+    "gitea-admin-password": 40,
+    "gitea-secret-key": 64,
+    "gitea-internal-token": 64,
+    "runner-registration-token": 40,
+    "metrics-token": 40,
+    "restic-password": 64,
+}
+
+
+def secret_name_prefix(settings: Settings, key: str) -> str:
+    # A prefix, not a fixed name: AWS keeps a deleted secret's name for its recovery window, and a
+    # retained secret must not block the next `pulumi up` of the same stack.
+    return f"gitea-stack/{settings.stack}/{key}-"
+
+
+def store_secret(resource_name: str, key: str, value: pulumi.Input[str], settings: Settings,
+                 parent: pulumi.Resource, retain: bool) -> aws.secretsmanager.Secret:
+    """A Secrets Manager secret holding `value`; with `retain`, destroy leaves it in AWS."""
+    opts = pulumi.ResourceOptions(parent=parent, retain_on_delete=retain)
+    secret = aws.secretsmanager.Secret(
+        resource_name, name_prefix=secret_name_prefix(settings, key),
+        description=f"gitea-stack {settings.stack}: {key}",
+        recovery_window_in_days=settings.secret_recovery_window_days,
+        tags=settings.tags, opts=opts)
+    aws.secretsmanager.SecretVersion(
+        f"{resource_name}-value", secret_id=secret.id,
+        secret_string=pulumi.Output.secret(value), opts=opts)
+    return secret
+
+
+class StackSecrets(pulumi.ComponentResource):
+    """The generated secrets of one stack. `values[key]` are secret Outputs, `secrets[key]` the AWS secrets."""
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gitea-stack:secrets:StackSecrets", name, None, opts)
+        self.values: dict[str, pulumi.Output[str]] = {}
+        self.secrets: dict[str, aws.secretsmanager.Secret] = {}
+        for key, length in GENERATED_SECRETS.items():
+            generated = random.RandomPassword(
+                f"{name}-{key}", length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
+                opts=pulumi.ResourceOptions(parent=self))
+            self.values[key] = pulumi.Output.secret(generated.result)
+            self.secrets[key] = store_secret(
+                f"{name}-{key}-secret", key, self.values[key], settings, parent=self,
+                retain=settings.retain_data_on_destroy)
+
+        self.register_outputs({"secret_names": {key: s.name for key, s in self.secrets.items()}})

@@ -1,0 +1,368 @@
+"""The stack config (namespace `gitea-stack`): one frozen dataclass, validated once on load.
+
+`parse_settings` is pure. It takes the stack's config values as Pulumi hands them to a program
+(strings; JSON for lists and objects) or as plain Python values (tests), and returns `Settings` or
+raises `SettingsError` listing every problem at once, each naming its key as written in the stack
+file and what was expected. Components receive `Settings`; they never read config themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from gitea_stack.versions import DEFAULT_IMAGES
+
+NAMESPACE = "gitea-stack"
+
+# Names Gitea refuses for accounts (models/user reserved names); an admin called "admin" would
+# fail only on the host, long after `pulumi up` started.
+RESERVED_GITEA_USERNAMES = frozenset({
+    "admin", "api", "assets", "attachments", "avatar", "avatars", "captcha", "commit", "debug",
+    "error", "explore", "favicon.ico", "ghost", "gitea-actions", "issues", "login", "manifest.json",
+    "metrics", "milestones", "new", "notifications", "org", "pulls", "raw", "repo", "repo-avatars",
+    "robots.txt", "search", "serviceworker.js", "ssh_info", "swagger.v1.json", "user", "v2",
+})
+# nginx owns these on the host, so neither SSH port may take them.
+HTTP_PORTS = (80, 443)
+
+
+class SettingsError(ValueError):
+    """Bad stack config. `problems` holds one line per problem, each starting with its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"the stack config has {count}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    domain: str
+    hosted_zone: str
+    acme_email: str
+    alert_emails: tuple[str, ...]
+    admin_username: str
+    admin_email: str
+    ssh_allowed_cidrs: tuple[str, ...]
+    admin_ssh_port: int
+    git_ssh_port: int
+    instance_type: str
+    root_volume_gib: int
+    data_volume_gib: int
+    backup_retention_days: int
+    retain_data_on_destroy: bool
+    secret_recovery_window_days: int
+    images: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_IMAGES)))
+
+    @property
+    def architecture(self) -> str:
+        """The AMI architecture the instance type runs: Graviton types are arm64."""
+        return instance_architecture(self.instance_type)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags every taggable resource carries, so the estate can be found and costed by stack."""
+        return {"Project": NAMESPACE, "Stack": self.stack, "ManagedBy": "pulumi"}
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.domain}/"
+
+    def https_clone_url(self, owner: str, repository: str) -> str:
+        return f"https://{self.domain}/{owner}/{repository}.git"
+
+    def ssh_clone_url(self, owner: str, repository: str) -> str:
+        # scp-like syntax cannot carry a port, so a non-standard git port needs the ssh:// form.
+        if self.git_ssh_port == 22:
+            return f"git@{self.domain}:{owner}/{repository}.git"
+        return f"ssh://git@{self.domain}:{self.git_ssh_port}/{owner}/{repository}.git"
+
+    @property
+    def mail_from_domain(self) -> str:
+        """Custom MAIL FROM subdomain, so SPF aligns with the sending domain for DMARC."""
+        return f"mail.{self.domain}"
+
+
+# --- value parsers: each returns the parsed value or raises ValueError(what was expected) ---
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+_INSTANCE_TYPE = re.compile(
+    r"^(?P<family>[a-z]+\d+[a-z0-9-]*)\.(?P<size>nano|micro|small|medium|large|\d*xlarge|metal(-\d+xl)?)$"
+)
+_FAMILY = re.compile(r"^(?P<prefix>[a-z]+)(?P<generation>\d+)(?P<suffix>[a-z0-9-]*)$")
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
+def parse_fqdn(value: Any) -> str:
+    expected = "a fully qualified domain name such as git.example.com"
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    name = value.strip().lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(expected)
+    if labels[-1].isdigit():
+        raise ValueError(expected + " (not an IP address)")
+    return name
+
+
+def parse_email(value: Any) -> str:
+    expected = "an e-mail address such as ops@example.com"
+    if not isinstance(value, str) or value.count("@") != 1:
+        raise ValueError(expected)
+    local, domain = value.strip().split("@")
+    try:
+        domain = parse_fqdn(domain)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not _EMAIL_LOCAL.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise ValueError(expected)
+    return f"{local}@{domain}"
+
+
+def _parse_list(value: Any, what: str) -> list[Any]:
+    expected = f"a non-empty list of {what}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(expected) from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(expected)
+    return list(value)
+
+
+def parse_email_list(value: Any) -> tuple[str, ...]:
+    items = _parse_list(value, "e-mail addresses")
+    parsed = []
+    for item in items:
+        try:
+            parsed.append(parse_email(item))
+        except ValueError:
+            raise ValueError(f"a non-empty list of e-mail addresses; {item!r} is not one") from None
+    return tuple(dict.fromkeys(parsed))
+
+
+def parse_cidr_list(value: Any) -> tuple[str, ...]:
+    items = _parse_list(value, "IPv4 or IPv6 CIDR blocks such as 203.0.113.0/24")
+    parsed = []
+    for item in items:
+        if not isinstance(item, str) or "/" not in item:
+            raise ValueError(f"CIDR blocks with a prefix length; {item!r} has none (a single host is /32 or /128)")
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=True)
+        except ValueError:
+            try:
+                hint = f" (did you mean {ipaddress.ip_network(item.strip(), strict=False)}?)"
+            except ValueError:
+                hint = ""
+            raise ValueError(f"IPv4 or IPv6 CIDR blocks; {item!r} is not one{hint}") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"CIDR blocks narrower than the whole internet; {item} would open admin SSH to everyone")
+        parsed.append(str(network))
+    return tuple(dict.fromkeys(parsed))
+
+
+def _parse_int(value: Any, low: int, high: int, expected: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(expected)
+    return value
+
+
+def int_parser(low: int, high: int, expected: str | None = None) -> Callable[[Any], int]:
+    return lambda value: _parse_int(value, low, high, expected or f"an integer from {low} to {high}")
+
+
+parse_port = int_parser(1, 65535, "a TCP port from 1 to 65535")
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("true or false")
+
+
+def parse_recovery_window(value: Any) -> int:
+    days = _parse_int(value, 0, 30, "0 (delete at once) or a number of days from 7 to 30")
+    if 0 < days < 7:
+        raise ValueError("0 (delete at once) or a number of days from 7 to 30")
+    return days
+
+
+def parse_instance_type(value: Any) -> str:
+    if not isinstance(value, str) or not _INSTANCE_TYPE.match(value.strip()):
+        raise ValueError("an EC2 instance type of the form family.size, such as t3.medium or t4g.large")
+    return value.strip()
+
+
+def instance_architecture(instance_type: str) -> str:
+    family = instance_type.split(".")[0]
+    match = _FAMILY.match(family)
+    # Graviton families carry a "g" after the generation (t4g, m7g, c7gn, im4gn); a1 is Graviton 1.
+    if family == "a1" or (match and "g" in match["suffix"]):
+        return "arm64"
+    return "x86_64"
+
+
+def parse_username(value: Any) -> str:
+    expected = "a Gitea user name: 1-40 letters, digits, '-', '_' or '.', starting with a letter or digit"
+    if not isinstance(value, str) or not _USERNAME.match(value) or re.search(r"[-._]{2,}|[-._]$", value):
+        raise ValueError(expected)
+    if value.lower() in RESERVED_GITEA_USERNAMES:
+        raise ValueError(f"a user name Gitea does not reserve for itself ({value!r} is reserved)")
+    return value
+
+
+def parse_image_reference(value: Any) -> str:
+    expected = "an image reference with an exact tag or digest, such as docker.io/library/nginx:1.28.0-alpine"
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    name, _, digest = value.partition("@")
+    tag = ""
+    last_slash = name.rfind("/")
+    if ":" in name[last_slash + 1:]:
+        name, tag = name.rsplit(":", 1)
+    if not _IMAGE_NAME.match(name) or (tag and not _IMAGE_TAG.match(tag)) or (digest and not _IMAGE_DIGEST.match(digest)):
+        raise ValueError(expected)
+    if not tag and not digest:
+        raise ValueError(expected + " (an untagged image means latest)")
+    if tag == "latest" or tag.startswith("latest-"):
+        raise ValueError(expected + " (latest moves under you; pin a release)")
+    return value
+
+
+def parse_images(value: Any) -> Mapping[str, str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, Mapping):
+        raise ValueError("a map of service name to image reference, such as {nginx: docker.io/library/nginx:1.28.0-alpine}")
+    images = dict(DEFAULT_IMAGES)
+    for service, reference in value.items():
+        if service not in DEFAULT_IMAGES:
+            raise ValueError(f"service names among {', '.join(sorted(DEFAULT_IMAGES))}; {service!r} is not one")
+        try:
+            images[service] = parse_image_reference(reference)
+        except ValueError as problem:
+            raise ValueError(f"{problem}, for service {service!r}") from None
+    return MappingProxyType(images)
+
+
+# --- the contract: key as written in the stack file -> (Settings field, parser, default) ---
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    field: str
+    parse: Callable[[Any], Any]
+    default: Any = _REQUIRED
+
+
+KEYS: tuple[Key, ...] = (
+    Key("domain", "domain", parse_fqdn),
+    Key("hostedZone", "hosted_zone", parse_fqdn, None),  # None: derived from domain below
+    Key("acmeEmail", "acme_email", parse_email),
+    Key("alertEmails", "alert_emails", parse_email_list),
+    Key("adminUsername", "admin_username", parse_username, "gitea-admin"),
+    Key("adminEmail", "admin_email", parse_email, None),  # None: acmeEmail
+    Key("sshAllowedCidrs", "ssh_allowed_cidrs", parse_cidr_list),
+    Key("adminSshPort", "admin_ssh_port", parse_port, 2222),
+    Key("gitSshPort", "git_ssh_port", parse_port, 22),
+    Key("instanceType", "instance_type", parse_instance_type, "t3.medium"),
+    Key("rootVolumeGiB", "root_volume_gib", int_parser(8, 16384, "a size in GiB from 8 (the Ubuntu image) to 16384"), 20),
+    Key("dataVolumeGiB", "data_volume_gib", int_parser(1, 16384, "a size in GiB from 1 to 16384"), 50),
+    Key("backupRetentionDays", "backup_retention_days", int_parser(1, 3650, "a number of days from 1 to 3650"), 30),
+    Key("retainDataOnDestroy", "retain_data_on_destroy", parse_bool, True),
+    Key("secretRecoveryWindowDays", "secret_recovery_window_days", parse_recovery_window, 0),
+    Key("images", "images", parse_images, MappingProxyType(dict(DEFAULT_IMAGES))),
+)
+KEY_NAMES = tuple(key.name for key in KEYS)
+
+
+def qualified(key: str) -> str:
+    return f"{NAMESPACE}:{key}"
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "...'"
+
+
+def parse_settings(raw: Mapping[str, Any], stack: str) -> Settings:
+    """Builds Settings from the stack's `gitea-stack:*` values (keys without the namespace)."""
+    problems: list[str] = []
+    for unknown in sorted(set(raw) - set(KEY_NAMES)):
+        close = difflib.get_close_matches(unknown, KEY_NAMES, n=1)
+        hint = f"did you mean {qualified(close[0])}?" if close else f"known keys: {', '.join(KEY_NAMES)}"
+        problems.append(f"{qualified(unknown)}: unknown key; {hint}")
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        value = raw.get(key.name)
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            if key.default is _REQUIRED:
+                try:
+                    key.parse(None)
+                except ValueError as expected:
+                    problems.append(f"{qualified(key.name)}: required; expected {expected}")
+                values[key.field] = None
+            else:
+                values[key.field] = key.default
+            continue
+        try:
+            values[key.field] = key.parse(value)
+        except ValueError as expected:
+            problems.append(f"{qualified(key.name)}: expected {expected}, got {_describe(value)}")
+            values[key.field] = None
+
+    problems.extend(_cross_check(values, raw))
+    if problems:
+        raise SettingsError(problems)
+    return Settings(stack=stack, **values)
+
+
+def _cross_check(values: dict[str, Any], raw: Mapping[str, Any]) -> list[str]:
+    """Checks between keys; fills the defaults that derive from other keys."""
+    problems = []
+    domain = values["domain"]
+    if values["hosted_zone"] is None and domain:
+        labels = domain.split(".")
+        values["hosted_zone"] = ".".join(labels[1:]) if len(labels) > 2 else domain
+    zone = values["hosted_zone"]
+    if domain and zone and domain != zone and not domain.endswith("." + zone):
+        problems.append(f"{qualified('hostedZone')}: expected the zone that holds {domain}, got {zone!r}")
+    if values["admin_email"] is None:
+        values["admin_email"] = values["acme_email"]
+
+    admin_port, git_port = values["admin_ssh_port"], values["git_ssh_port"]
+    for key, port in (("adminSshPort", admin_port), ("gitSshPort", git_port)):
+        if port in HTTP_PORTS:
+            problems.append(f"{qualified(key)}: expected a port other than 80 and 443 (nginx serves those), got {port}")
+    if admin_port is not None and admin_port == git_port:
+        problems.append(
+            f"{qualified('gitSshPort')}: expected a port different from {qualified('adminSshPort')} "
+            f"(both are {git_port}); git and the host's sshd cannot share a port"
+        )
+    return problems

@@ -1,0 +1,262 @@
+"""Runs the Pulumi program under mocks and records everything it registers.
+
+The engine cannot run here, so a recording monitor stands in for it: for each resource it keeps the
+type, name, inputs (also in raw form, where secret inputs are still wrapped), parent, dependencies and
+the options that matter (protect, retainOnDelete, ignoreChanges, deleteBeforeReplace). `FakeAws`
+answers resource creations and data-source calls with deterministic, recognisable values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.settings import set_root_resource
+from pulumi.runtime.stack import wait_for_rpcs
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+REGION = "eu-central-1"
+ELASTIC_IP = "198.51.100.7"
+DKIM_TOKENS = ("dkimtokenone", "dkimtokentwo", "dkimtokenthree")
+SECRET_SIGNATURE = rpc._special_secret_sig  # marks a secret value in serialized properties
+
+
+@dataclass
+class Registered:
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str
+    dependencies: frozenset[str]
+    property_dependencies: dict[str, list[str]]
+    protect: bool
+    retain_on_delete: bool
+    delete_before_replace: bool
+    ignore_changes: tuple[str, ...]
+    raw_inputs: dict[str, Any]   # as serialized: secret values still wrapped in their marker
+    inputs: dict[str, Any] = field(default_factory=dict)  # unwrapped, set once the engine deserializes
+
+
+@dataclass
+class StackRun:
+    resources: list[Registered]
+    outputs: dict[str, Any]
+    secret_outputs: frozenset[str]
+    calls: list[tuple[str, dict[str, Any]]]
+    mock_secrets: frozenset[str]  # every secret value the fake provider handed out
+
+    def of_type(self, type_token: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def one(self, type_token: str, name: str | None = None) -> Registered:
+        found = [r for r in self.of_type(type_token) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_token} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registered:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def children_of(self, parent: Registered) -> list[Registered]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+    def descendants_of(self, parent: Registered) -> Iterator[Registered]:
+        for child in self.children_of(parent):
+            yield child
+            yield from self.descendants_of(child)
+
+
+class FakeAws(pulumi.runtime.Mocks):
+    """Deterministic answers from AWS, random and tls. Unmocked data-source calls fail the test."""
+
+    def __init__(self, zones: tuple[str, ...] = (f"{REGION}b", f"{REGION}a", f"{REGION}c")):
+        self.zones = zones
+        self.secrets: set[str] = set()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def _secret(self, value: str) -> str:
+        self.secrets.add(value)
+        return value
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        inputs, name, kind = dict(args.inputs), args.name, args.typ
+        service = kind.split(":")[1].split("/")[0]
+        outputs = {**inputs, "arn": f"arn:aws:{service}:{REGION}:{ACCOUNT}:{name}"}
+        resource_id = f"{name}-id"
+        if kind == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = self._secret(f"MOCK-SECRET-{name}-Zq7")
+        elif kind == "tls:index/privateKey:PrivateKey":
+            outputs["privateKeyOpenssh"] = self._secret(f"-----BEGIN OPENSSH PRIVATE KEY-----\nMOCK-{name}\n")
+            outputs["publicKeyOpenssh"] = f"ssh-ed25519 AAAAC3MOCK{name}"
+        elif kind == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}mock"
+            outputs.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
+            resource_id = bucket
+        elif kind == "aws:secretsmanager/secret:Secret":
+            secret_name = inputs.get("name") or f"{inputs['namePrefix']}MOCK"
+            outputs.update(name=secret_name, arn=f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{secret_name}")
+        elif kind == "aws:sesv2/emailIdentity:EmailIdentity":
+            outputs.update(arn=f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/{inputs['emailIdentity']}",
+                           dkimSigningAttributes={"tokens": list(DKIM_TOKENS)})
+        elif kind == "aws:iam/accessKey:AccessKey":
+            resource_id = "AKIAMOCKSMTPUSER0001"
+            outputs.update(secret=self._secret("MOCK-AWS-SECRET-KEY"),
+                           sesSmtpPasswordV4=self._secret("MOCK-SMTP-PASSWORD"))
+        elif kind == "aws:ec2/keyPair:KeyPair":
+            outputs["keyName"] = f"{inputs['keyNamePrefix']}mock"
+        elif kind == "aws:ebs/volume:Volume":
+            resource_id = "vol-0123456789abcdef0"
+        elif kind == "aws:ec2/instance:Instance":
+            resource_id = "i-0123456789abcdef0"
+        elif kind == "aws:ec2/subnet:Subnet":
+            resource_id = "subnet-0123456789abcdef0"
+        elif kind == "aws:ec2/eip:Eip":
+            outputs["publicIp"] = ELASTIC_IP
+        elif kind == "aws:iam/user:User" or kind == "aws:iam/role:Role":
+            outputs["name"] = inputs.get("name") or f"{name}-mock"
+        elif kind == "aws:route53/record:Record":
+            outputs["fqdn"] = inputs["name"]
+        return resource_id, outputs
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> dict:
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"id": REGION, "name": REGION, "region": REGION}
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:route53/getZone:getZone":
+            return {"id": "Z0MOCKZONE", "zoneId": "Z0MOCKZONE", "name": args.args["name"]}
+        if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            return {"id": REGION, "locations": list(self.zones), "locationTypes": ["availability-zone"] * len(self.zones),
+                    "instanceTypes": [args.args["filters"][0]["values"][0]] * len(self.zones)}
+        if args.token == "aws:ec2/getAmi:getAmi":
+            filters = {f["name"]: f["values"][0] for f in args.args["filters"]}
+            return {"id": f"ami-mock-{filters['architecture']}", "architecture": filters["architecture"],
+                    "name": filters["name"]}
+        raise AssertionError(f"the program called a data source the mocks do not know: {args.token}")
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: FakeAws):
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            property_dependencies = {key: list(deps.urns) for key, deps in request.propertyDependencies.items()}
+            all_dependencies = set(request.dependencies)
+            for urns in property_dependencies.values():
+                all_dependencies.update(urns)
+            self.registered.append(Registered(
+                urn=response.urn, type=request.type, name=request.name, custom=request.custom,
+                parent=request.parent, dependencies=frozenset(all_dependencies),
+                property_dependencies=property_dependencies, protect=bool(request.protect),
+                retain_on_delete=bool(request.retainOnDelete), delete_before_replace=request.deleteBeforeReplace,
+                ignore_changes=tuple(request.ignoreChanges),
+                raw_inputs=json_format.MessageToDict(request.object),
+                inputs=unwrap_secrets(rpc.deserialize_properties(request.object))))
+        return response
+
+
+def stack_file_config(path: Path = PROJECT_DIR / "Pulumi.prod.yaml") -> dict[str, str]:
+    """A stack file's config as the engine hands it to a program: strings, JSON for lists and objects."""
+    config = yaml.safe_load(path.read_text())["config"]
+    return {key: as_engine_value(value) for key, value in config.items()}
+
+
+def as_engine_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def run_program(config: Mapping[str, str], stack: str = "prod", mocks: FakeAws | None = None,
+                program: Callable[[], None] | None = None) -> StackRun:
+    """Runs `program` (default: the real `gitea_stack.program.main`) with `config` and returns what it registered.
+
+    An exception from the program propagates after the mocks stop; what was registered up to then is
+    attached to it as `.registered`, so tests can prove that bad input registered nothing.
+    """
+    from gitea_stack.program import main
+
+    mocks = mocks or FakeAws()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_all_config(dict(config))
+    set_root_resource(None)  # each run starts a new stack
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        pulumi_mocks.set_mocks(mocks, project="gitea-stack", stack=stack, preview=False, monitor=monitor)
+        failure: BaseException | None = None
+        try:
+            (program or main)()
+        except BaseException as error:  # noqa: BLE001 - re-raised once the runtime has drained, as Pulumi does
+            failure = error
+        loop.run_until_complete(wait_for_rpcs())
+        if failure is not None:
+            failure.registered = list(monitor.registered)
+            raise failure
+        outputs, secret_outputs = loop.run_until_complete(_resolve_outputs())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    return StackRun(resources=list(monitor.registered), outputs=outputs, secret_outputs=frozenset(secret_outputs),
+                    calls=list(mocks.calls), mock_secrets=frozenset(mocks.secrets))
+
+
+async def _resolve_outputs() -> tuple[dict[str, Any], set[str]]:
+    root = pulumi.runtime.settings.get_root_resource()
+    values, secret = {}, set()
+    for name, value in root.outputs.items():
+        output = pulumi.Output.from_input(value)
+        values[name] = await output.future()
+        if await output.is_secret():
+            secret.add(name)
+    return values, secret
+
+
+def is_secret_wrapper(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == SECRET_SIGNATURE
+
+
+def unwrap_secrets(value: Any) -> Any:
+    """Properties with secret values replaced by the values themselves."""
+    if is_secret_wrapper(value):
+        return unwrap_secrets(value["value"])
+    if isinstance(value, dict):
+        return {key: unwrap_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(item) for item in value]
+    return value
+
+
+def plain_strings(raw: Any) -> Iterator[str]:
+    """Every string in serialized properties that is NOT inside a secret wrapper."""
+    if is_secret_wrapper(raw):
+        return
+    if isinstance(raw, dict):
+        for value in raw.values():
+            yield from plain_strings(value)
+    elif isinstance(raw, list):
+        for value in raw:
+            yield from plain_strings(value)
+    elif isinstance(raw, str):
+        yield raw

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test tier of gitea-stack, setting up what the tests need first:
+#   - a virtualenv (.venv) with the project and its test extras;
+#   - the Debian packages the host tier uses (installed with apt-get when run as root; otherwise
+#     the tests that need a missing tool fail and name it).
+#
+# Usage: tests/run.sh [--help] [PYTEST ARGUMENTS...]
+#   tests/run.sh                      every tier
+#   tests/run.sh tests/unit           one tier
+#   tests/run.sh -k settings          a selection
+# Environment: PYTHON (default python3) builds the virtualenv.
+# Exit codes: those of pytest (0 all passed, 1 some failed, 2+ usage or internal errors).
+set -euo pipefail
+
+usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+
+project_dir=$(cd "$(dirname "$0")/.." && pwd)
+cd "$project_dir"
+
+# Debian packages of the host tier, one per tool the tests call.
+debian_packages=(shellcheck e2fsprogs util-linux mount)
+
+missing_packages() {
+  local package
+  for package in "${debian_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || echo "$package"
+  done
+}
+
+if command -v dpkg-query >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  mapfile -t missing < <(missing_packages)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing Debian packages: ${missing[*]}"
+    apt-get update >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable '.[test]'
+
+started=$(date +%s)
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+echo "tests/run.sh: finished in $(($(date +%s) - started))s with exit code $status"
+exit "$status"

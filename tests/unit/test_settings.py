@@ -1,0 +1,162 @@
+"""The stack-config contract: defaults, normalisation and every problem reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitea_stack.settings import KEY_NAMES, SettingsError, instance_architecture, parse_settings
+from gitea_stack.versions import DEFAULT_IMAGES
+
+MINIMAL = {
+    "domain": "git.example.com",
+    "acmeEmail": "ops@example.com",
+    "alertEmails": '["ops@example.com"]',
+    "sshAllowedCidrs": '["203.0.113.0/24"]',
+}
+
+
+def parse(**changes):
+    raw = {**MINIMAL, **changes}
+    return parse_settings({key: value for key, value in raw.items() if value is not None}, "prod")
+
+
+def problems_of(**changes) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        parse(**changes)
+    return caught.value.problems
+
+
+def test_minimal_config_gets_the_documented_defaults():
+    settings = parse()
+    assert settings.hosted_zone == "example.com"
+    assert settings.admin_username == "gitea-admin"
+    assert settings.admin_email == "ops@example.com"
+    assert (settings.admin_ssh_port, settings.git_ssh_port) == (2222, 22)
+    assert settings.instance_type == "t3.medium"
+    assert (settings.root_volume_gib, settings.data_volume_gib) == (20, 50)
+    assert settings.backup_retention_days == 30
+    assert settings.retain_data_on_destroy is True
+    assert settings.secret_recovery_window_days == 0
+    assert dict(settings.images) == DEFAULT_IMAGES
+
+
+def test_values_arrive_as_engine_strings_or_python_values():
+    from_strings = parse(adminSshPort="2200", retainDataOnDestroy="false", images='{"nginx": "nginx:1.28.1"}')
+    from_values = parse(adminSshPort=2200, retainDataOnDestroy=False, images={"nginx": "nginx:1.28.1"})
+    assert from_strings == from_values
+    assert from_values.admin_ssh_port == 2200 and from_values.retain_data_on_destroy is False
+    assert from_values.images["nginx"] == "nginx:1.28.1"
+    assert from_values.images["gitea"] == DEFAULT_IMAGES["gitea"]
+
+
+def test_names_are_normalised():
+    settings = parse(domain="Git.Example.COM.", alertEmails=["ops@example.com", "ops@Example.com"])
+    assert settings.domain == "git.example.com"
+    assert settings.alert_emails == ("ops@example.com",)
+
+
+def test_apex_domain_is_its_own_zone():
+    assert parse(domain="example.org").hosted_zone == "example.org"
+
+
+def test_settings_are_frozen():
+    settings = parse()
+    with pytest.raises(AttributeError):
+        settings.domain = "other.example.com"
+    with pytest.raises(TypeError):
+        settings.images["gitea"] = "gitea/gitea:latest"
+
+
+@pytest.mark.parametrize("instance_type, architecture", [
+    ("t3.medium", "x86_64"), ("m7i-flex.large", "x86_64"), ("g4dn.xlarge", "x86_64"), ("c6a.2xlarge", "x86_64"),
+    ("t4g.large", "arm64"), ("m7g.medium", "arm64"), ("c7gn.large", "arm64"), ("im4gn.large", "arm64"),
+    ("a1.large", "arm64"), ("r8g.metal-24xl", "arm64"),
+])
+def test_graviton_types_select_arm64(instance_type, architecture):
+    assert parse(instanceType=instance_type).architecture == architecture
+    assert instance_architecture(instance_type) == architecture
+
+
+def test_clone_urls_follow_the_git_port():
+    assert parse().ssh_clone_url("team", "app") == "git@git.example.com:team/app.git"
+    assert parse(gitSshPort=2200).ssh_clone_url("team", "app") == "ssh://git@git.example.com:2200/team/app.git"
+    assert parse().https_clone_url("team", "app") == "https://git.example.com/team/app.git"
+
+
+# Each case: config changes -> the key the message must name, and words it must contain.
+BAD_INPUT = {
+    "domain missing": ({"domain": None}, "domain", "required"),
+    "domain not a name": ({"domain": "git_example"}, "domain", "fully qualified domain name"),
+    "domain single label": ({"domain": "localhost"}, "domain", "fully qualified"),
+    "domain is an IP": ({"domain": "10.0.0.1"}, "domain", "not an IP address"),
+    "domain label too long": ({"domain": "a" * 64 + ".example.com"}, "domain", "fully qualified"),
+    "zone does not hold domain": ({"hostedZone": "example.org"}, "hostedZone", "holds git.example.com"),
+    "zone not a name": ({"hostedZone": "-bad-.com"}, "hostedZone", "fully qualified"),
+    "acme email bad": ({"acmeEmail": "ops.example.com"}, "acmeEmail", "e-mail address"),
+    "acme email missing": ({"acmeEmail": None}, "acmeEmail", "required"),
+    "alert emails empty": ({"alertEmails": "[]"}, "alertEmails", "non-empty list"),
+    "alert emails not a list": ({"alertEmails": "ops@example.com"}, "alertEmails", "non-empty list"),
+    "alert email bad": ({"alertEmails": ["ops@example.com", "nobody"]}, "alertEmails", "'nobody' is not one"),
+    "admin email bad": ({"adminEmail": "admin@"}, "adminEmail", "e-mail address"),
+    "admin user reserved": ({"adminUsername": "admin"}, "adminUsername", "reserved"),
+    "admin user bad chars": ({"adminUsername": "gitea admin"}, "adminUsername", "Gitea user name"),
+    "cidrs empty": ({"sshAllowedCidrs": []}, "sshAllowedCidrs", "non-empty list"),
+    "cidr not a cidr": ({"sshAllowedCidrs": ["203.0.113.0/33"]}, "sshAllowedCidrs", "not one"),
+    "cidr host bits": ({"sshAllowedCidrs": ["203.0.113.7/24"]}, "sshAllowedCidrs", "did you mean 203.0.113.0/24"),
+    "cidr without prefix": ({"sshAllowedCidrs": ["203.0.113.7"]}, "sshAllowedCidrs", "/32"),
+    "cidr whole ipv4 internet": ({"sshAllowedCidrs": ["0.0.0.0/0"]}, "sshAllowedCidrs", "open admin SSH to everyone"),
+    "cidr whole ipv6 internet": ({"sshAllowedCidrs": ["::/0"]}, "sshAllowedCidrs", "open admin SSH to everyone"),
+    "cidr bad ipv6": ({"sshAllowedCidrs": ["2001:db8::g/32"]}, "sshAllowedCidrs", "not one"),
+    "admin port too high": ({"adminSshPort": 70000}, "adminSshPort", "from 1 to 65535"),
+    "admin port not a number": ({"adminSshPort": "ssh"}, "adminSshPort", "from 1 to 65535"),
+    "git port zero": ({"gitSshPort": 0}, "gitSshPort", "from 1 to 65535"),
+    "ports equal": ({"gitSshPort": 2222}, "gitSshPort", "different from gitea-stack:adminSshPort"),
+    "port taken by https": ({"adminSshPort": 443}, "adminSshPort", "other than 80 and 443"),
+    "instance type shape": ({"instanceType": "medium"}, "instanceType", "family.size"),
+    "instance type size": ({"instanceType": "t3.huge"}, "instanceType", "family.size"),
+    "root volume too small": ({"rootVolumeGiB": 4}, "rootVolumeGiB", "from 8"),
+    "data volume zero": ({"dataVolumeGiB": 0}, "dataVolumeGiB", "from 1"),
+    "data volume negative": ({"dataVolumeGiB": "-5"}, "dataVolumeGiB", "from 1"),
+    "retention zero days": ({"backupRetentionDays": 0}, "backupRetentionDays", "number of days"),
+    "retain not a bool": ({"retainDataOnDestroy": "yes"}, "retainDataOnDestroy", "true or false"),
+    "recovery window 3": ({"secretRecoveryWindowDays": 3}, "secretRecoveryWindowDays", "from 7 to 30"),
+    "recovery window 31": ({"secretRecoveryWindowDays": 31}, "secretRecoveryWindowDays", "from 7 to 30"),
+    "image unknown service": ({"images": {"gitlab": "gitlab/gitlab-ce:17.0.0-ce.0"}}, "images", "'gitlab' is not one"),
+    "image latest": ({"images": {"nginx": "nginx:latest"}}, "images", "pin a release"),
+    "image untagged": ({"images": {"gitea": "docker.gitea.com/gitea"}}, "images", "untagged"),
+    "images not a map": ({"images": '["nginx:1.28.0"]'}, "images", "map of service name"),
+    "unknown key": ({"adminSshPrt": 2222}, "adminSshPrt", "did you mean gitea-stack:adminSshPort"),
+}
+
+
+@pytest.mark.parametrize("changes, key, words", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_names_its_key_and_what_was_expected(changes, key, words):
+    problems = problems_of(**changes)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"gitea-stack:{key}: "), problems[0]
+    assert words in problems[0], problems[0]
+
+
+def test_every_problem_is_reported_at_once():
+    problems = problems_of(domain="nope", acmeEmail="x", adminSshPort=0, instanceType="big",
+                           secretRecoveryWindowDays=5, typo="1")
+    keys = sorted(problem.split(": ")[0] for problem in problems)
+    assert keys == sorted(f"gitea-stack:{k}" for k in
+                          ("domain", "acmeEmail", "adminSshPort", "instanceType", "secretRecoveryWindowDays", "typo"))
+
+
+def test_the_error_message_lists_each_problem_on_its_own_line():
+    with pytest.raises(SettingsError) as caught:
+        parse(domain=None, acmeEmail=None)
+    message = str(caught.value)
+    assert message.startswith("the stack config has 2 problems:")
+    assert "\n  - gitea-stack:domain: required" in message
+    assert "\n  - gitea-stack:acmeEmail: required" in message
+
+
+def test_every_documented_key_is_known():
+    documented = {"domain", "hostedZone", "acmeEmail", "alertEmails", "adminUsername", "adminEmail",
+                  "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
+                  "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
+                  "images"}
+    assert set(KEY_NAMES) == documented
