@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import runpy
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,13 +191,11 @@ def as_engine_value(value: Any) -> str:
 
 def run_program(config: Mapping[str, str], stack: str = "prod", mocks: FakeAws | None = None,
                 program: Callable[[], None] | None = None) -> StackRun:
-    """Runs `program` (default: the real `gitea_stack.program.main`) with `config` and returns what it registered.
+    """Runs `program` (default: the project's `__main__.py`, as the engine would) with `config`.
 
     An exception from the program propagates after the mocks stop; what was registered up to then is
     attached to it as `.registered`, so tests can prove that bad input registered nothing.
     """
-    from gitea_stack.program import main
-
     mocks = mocks or FakeAws()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_all_config(dict(config))
@@ -207,7 +206,10 @@ def run_program(config: Mapping[str, str], stack: str = "prod", mocks: FakeAws |
         pulumi_mocks.set_mocks(mocks, project="gitea-stack", stack=stack, preview=False, monitor=monitor)
         failure: BaseException | None = None
         try:
-            (program or main)()
+            if program is None:
+                runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
+            else:
+                program()
         except BaseException as error:  # noqa: BLE001 - re-raised once the runtime has drained, as Pulumi does
             failure = error
         loop.run_until_complete(wait_for_rpcs())
