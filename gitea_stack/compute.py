@@ -110,7 +110,7 @@ class GiteaHost(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        aws.ec2.VolumeAttachment(
+        self.data_attachment = aws.ec2.VolumeAttachment(
             f"{name}-data-attachment", device_name=DATA_DEVICE_NAME, volume_id=self.data_volume.id,
             instance_id=self.instance.id, stop_instance_before_detaching=True, opts=child)
 

@@ -12,6 +12,7 @@ from gitea_stack.compute import GiteaHost, HostArgs
 from gitea_stack.dns import ForgeDns, find_zone_id
 from gitea_stack.mail import Mail
 from gitea_stack.network import Network
+from gitea_stack.provision import HostConnection, Provisioning, stack_facts
 from gitea_stack.secrets import StackSecrets
 from gitea_stack.settings import NAMESPACE, Settings, SettingsError, parse_settings, qualified
 from gitea_stack.storage import BackupBucket
@@ -65,7 +66,16 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         region=region,
         partition=partition,
     ))
-    ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
+    dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
+    secret_names = pulumi.Output.all(**{key: secret.name for key, secret in all_secrets.items()})
+    facts = pulumi.Output.all(backups.bucket.bucket, secret_names).apply(
+        lambda values: stack_facts(region, values[0], values[1]))
+    Provisioning(
+        "provision", settings,
+        HostConnection(host=host.public_ip, port=settings.admin_ssh_port, private_key=host.private_key),
+        host_identity=host.instance.id, facts=facts,
+        # certbot needs the A record before it asks for the first certificate.
+        opts=pulumi.ResourceOptions(depends_on=[host.data_attachment, dns]))
 
     return {
         "url": settings.https_url,

@@ -28,6 +28,8 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 

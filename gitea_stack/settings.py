@@ -232,7 +232,7 @@ def parse_username(value: Any) -> str:
 
 
 def parse_image_reference(value: Any) -> str:
-    expected = "an image reference with an exact tag or digest, such as docker.io/library/nginx:1.28.0-alpine"
+    expected = "an image reference with an exact tag or digest, such as docker.io/library/nginx:1.30.1-alpine"
     if not isinstance(value, str):
         raise ValueError(expected)
     name, _, digest = value.partition("@")
@@ -256,7 +256,7 @@ def parse_images(value: Any) -> Mapping[str, str]:
         except json.JSONDecodeError:
             value = None
     if not isinstance(value, Mapping):
-        raise ValueError("a map of service name to image reference, such as {nginx: docker.io/library/nginx:1.28.0-alpine}")
+        raise ValueError("a map of service name to image reference, such as {nginx: docker.io/library/nginx:1.30.1-alpine}")
     images = dict(DEFAULT_IMAGES)
     for service, reference in value.items():
         if service not in DEFAULT_IMAGES:

@@ -7,12 +7,39 @@ an operator when a newer release exists.
 
 DEFAULT_IMAGES: dict[str, str] = {
     "gitea": "docker.gitea.com/gitea:1.27.3-rootless",
-    "postgres": "docker.io/library/postgres:18.4-bookworm",
-    "nginx": "docker.io/library/nginx:1.28.0-alpine",
-    "certbot": "docker.io/certbot/certbot:v4.1.1",
+    "postgres": "docker.io/library/postgres:18.6-bookworm",
+    "nginx": "docker.io/library/nginx:1.30.1-alpine",
+    "certbot": "docker.io/certbot/certbot:v5.8.0",
     "diun": "docker.io/crazymax/diun:4.33.0",
 }
 
 # Ubuntu 24.04 LTS images are published by Canonical under this AWS account.
 CANONICAL_AMI_OWNER = "099720109477"
 UBUNTU_AMI_NAME_PATTERN = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*"
+
+# Tags Diun reports as updates for each service: same major line, same variant as the default pin,
+# so an operator hears of 1.27.4-rootless, not of unrelated tags. Overridden images keep these.
+DIUN_INCLUDE_TAGS: dict[str, str] = {
+    "gitea": r"^1\.\d+\.\d+-rootless$",
+    "postgres": r"^18\.\d+-bookworm$",
+    "nginx": r"^1\.\d*[02468]\.\d+-alpine$",
+    "certbot": r"^v\d+\.\d+\.\d+$",
+    "diun": r"^4\.\d+\.\d+$",
+}
+
+# Who may apply an update without an operator: low-risk, stateless services only.
+UPDATE_POLICY: dict[str, str] = {
+    "gitea": "manual",
+    "postgres": "manual",
+    "nginx": "auto",
+    "certbot": "auto",
+    "diun": "auto",
+}
+
+# Host packages from Docker's apt repository for Ubuntu 24.04 (noble), installed by install-host.sh.
+DOCKER_PACKAGES: dict[str, str] = {
+    "docker-ce": "5:29.8.1-1~ubuntu.24.04~noble",
+    "docker-ce-cli": "5:29.8.1-1~ubuntu.24.04~noble",
+    "containerd.io": "2.3.6-1~ubuntu.24.04~noble",
+    "docker-compose-plugin": "5.6.0-1~ubuntu.24.04~noble",
+}

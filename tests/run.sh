@@ -19,7 +19,7 @@ project_dir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$project_dir"
 
 # Debian packages of the host tier, one per tool the tests call.
-debian_packages=(shellcheck e2fsprogs util-linux mount)
+debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl docker-compose)
 
 missing_packages() {
   local package
@@ -32,8 +32,16 @@ if command -v dpkg-query >/dev/null && [ "$(id -u)" -eq 0 ]; then
   mapfile -t missing < <(missing_packages)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing Debian packages: ${missing[*]}"
+    # Packages such as nginx start their service on install; tests start their own on loopback only.
+    created_policy=false
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      created_policy=true
+    fi
     apt-get update >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    if [ "$created_policy" = true ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
 fi
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.settings import set_root_resource
 from pulumi.runtime.stack import wait_for_rpcs
+
+from gitea_stack.cli import engine_value as as_engine_value
+from gitea_stack.cli import stack_file_values
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
@@ -45,6 +47,7 @@ class Registered:
     retain_on_delete: bool
     delete_before_replace: bool
     ignore_changes: tuple[str, ...]
+    additional_secret_outputs: tuple[str, ...]
     raw_inputs: dict[str, Any]   # as serialized: secret values still wrapped in their marker
     inputs: dict[str, Any] = field(default_factory=dict)  # unwrapped, set once the engine deserializes
 
@@ -170,6 +173,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 property_dependencies=property_dependencies, protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete), delete_before_replace=request.deleteBeforeReplace,
                 ignore_changes=tuple(request.ignoreChanges),
+                additional_secret_outputs=tuple(request.additionalSecretOutputs),
                 raw_inputs=json_format.MessageToDict(request.object),
                 inputs=unwrap_secrets(rpc.deserialize_properties(request.object))))
         return response
@@ -177,16 +181,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 def stack_file_config(path: Path = PROJECT_DIR / "Pulumi.prod.yaml") -> dict[str, str]:
     """A stack file's config as the engine hands it to a program: strings, JSON for lists and objects."""
-    config = yaml.safe_load(path.read_text())["config"]
-    return {key: as_engine_value(value) for key, value in config.items()}
-
-
-def as_engine_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
+    return stack_file_values(path)
 
 
 def run_program(config: Mapping[str, str], stack: str = "prod", mocks: FakeAws | None = None,

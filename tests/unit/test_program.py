@@ -14,6 +14,7 @@ COMPONENTS = {
     "gitea-stack:mail:Mail": "mail",
     "gitea-stack:compute:GiteaHost": "host",
     "gitea-stack:dns:ForgeDns": "dns",
+    "gitea-stack:provision:Provisioning": "provision",
 }
 
 # What one example stack must hold: type -> count.
@@ -53,6 +54,8 @@ EXPECTED_ESTATE = {
     "aws:ec2/volumeAttachment:VolumeAttachment": 1,
     "aws:ec2/eip:Eip": 1,
     "aws:cloudwatch/metricAlarm:MetricAlarm": 1,
+    "command:remote:Command": 3,  # wait for the host, install Docker, converge
+    "command:remote:CopyToRemote": 1,
 }
 
 

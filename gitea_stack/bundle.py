@@ -1,0 +1,112 @@
+"""The host bundle: settings -> {relative path: (content, mode)}, pure and deterministic.
+
+The same settings always give byte-identical files, so the provisioning steps can hash them and a
+no-op `pulumi up` re-runs nothing. `HostLayout` says where things live on the host and where nginx
+listens; tests pass loopback ports and temporary paths through it, never by editing output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitea_stack.rendering import DATA_MOUNT_POINT, read_script, render_template
+from gitea_stack.settings import Settings
+from gitea_stack.sizing import memory_limits_mib
+from gitea_stack.versions import DIUN_INCLUDE_TAGS, UPDATE_POLICY
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    bundle_dir: str = "/opt/gitea-stack"
+    data_dir: str = DATA_MOUNT_POINT
+    http_listen: str = "80"
+    https_listen: str = "443"
+    gitea_upstream: str = "gitea:3000"
+    # Paths as nginx and certbot see them (inside their containers on the host).
+    letsencrypt_dir: str = "/etc/letsencrypt"
+    certbot_work_dir: str = "/var/lib/letsencrypt"
+    certbot_logs_dir: str = "/var/log/letsencrypt"
+    acme_webroot: str = "/var/www/certbot"
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    # nginx >= 1.25.1 turns HTTP/2 on with `http2 on;`; older ones (Debian 12's 1.22) on `listen`.
+    nginx_http2_directive: bool = True
+
+
+PRODUCTION = HostLayout()
+
+Bundle = dict[str, tuple[str, int]]
+
+# Rendered templates: bundle path -> (template, mode).
+TEMPLATES: dict[str, tuple[str, int]] = {
+    "docker-compose.yml": ("docker-compose.yml.j2", 0o644),
+    "settings.env": ("settings.env.j2", 0o644),
+    "nginx/http.conf": ("nginx/http.conf.j2", 0o644),
+    "nginx/https.conf": ("nginx/https.conf.j2", 0o644),
+    "certbot/cli.ini": ("certbot/cli.ini.j2", 0o644),
+    "systemd/gitea-stack-certbot-renew.service": ("systemd/gitea-stack-certbot-renew.service.j2", 0o644),
+    "systemd/gitea-stack-certbot-renew.timer": ("systemd/gitea-stack-certbot-renew.timer.j2", 0o644),
+}
+# Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
+SCRIPTS = ("lib.sh", "deploy.sh", "renew-certificates.sh", "fetch-secrets.py")
+
+
+def diun_labels(service: str) -> str:
+    """Compose labels that make Diun watch one service for newer tags of its line."""
+    labels = {
+        "diun.enable": "true",
+        "diun.watch_repo": "true",
+        "diun.sort_tags": "semver",
+        "diun.max_tags": "5",
+        # Compose would read a lone `$` as a variable; `$$` is a literal dollar sign.
+        "diun.include_tags": DIUN_INCLUDE_TAGS[service].replace("$", "$$"),
+        "diun.metadata.update_policy": UPDATE_POLICY[service],
+    }
+    return "\n".join(f"      {key}: '{value}'" for key, value in labels.items())
+
+
+def template_context(settings: Settings, layout: HostLayout) -> dict[str, object]:
+    return {
+        "stack": settings.stack,
+        "domain": settings.domain,
+        "acme_email": settings.acme_email,
+        "admin_username": settings.admin_username,
+        "admin_email": settings.admin_email,
+        "alert_emails": settings.alert_emails,
+        "git_ssh_port": settings.git_ssh_port,
+        "images": dict(settings.images),
+        "memory": memory_limits_mib(settings.instance_type),
+        "diun_labels": diun_labels,
+        "layout": layout,
+    }
+
+
+def render_bundle(settings: Settings, layout: HostLayout = PRODUCTION) -> Bundle:
+    context = template_context(settings, layout)
+    bundle: Bundle = {path: (render_template(template, **context), mode)
+                      for path, (template, mode) in TEMPLATES.items()}
+    for script in SCRIPTS:
+        bundle[f"scripts/{script}"] = (read_script(script), 0o755)
+    return dict(sorted(bundle.items()))
+
+
+def write_bundle(bundle: Bundle, out_dir: str | Path) -> list[Path]:
+    """Writes the bundle below `out_dir` with its modes; returns the files written."""
+    written = []
+    for relative, (content, mode) in bundle.items():
+        target = Path(out_dir) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+        written.append(target)
+    return written
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """One hash over paths, modes and contents: equal bundles, equal digests."""
+    digest = hashlib.sha256()
+    for relative, (content, mode) in sorted(bundle.items()):
+        digest.update(f"{relative}\0{mode:o}\0{len(content)}\0".encode())
+        digest.update(content.encode())
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""Provisioning: the remote steps that turn the instance into a running forge, over SSH.
+
+wait for the host -> install Docker (pinned) -> copy the bundle -> converge (deploy.sh).
+Each step's triggers are content hashes of exactly what it depends on, so a no-op `pulumi up`
+re-runs nothing, and a change confined to the bundle re-runs only the copy and the converge.
+Secrets never travel here: the host reads them from Secrets Manager with its instance role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import remote
+
+from gitea_stack.bundle import PRODUCTION, Bundle, bundle_digest, render_bundle
+from gitea_stack.rendering import DATA_MOUNT_POINT, read_script
+from gitea_stack.settings import Settings
+from gitea_stack.versions import DOCKER_PACKAGES
+
+SSH_USER = "ubuntu"
+UPLOAD_DIR = "/home/ubuntu/gitea-stack-upload"
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stack_facts(region: str, bucket_name: str, secret_names: dict[str, str]) -> str:
+    """stack-facts.env: what the cloud half created that the host must know. Names only, no values."""
+    lines = ["# gitea-stack: written by `pulumi up` from the stack's resources.",
+             f"AWS_REGION={region}", f"BACKUP_BUCKET={bucket_name}"]
+    lines += [f"SECRET_{key.upper().replace('-', '_')}={name}" for key, name in sorted(secret_names.items())]
+    return "\n".join(lines) + "\n"
+
+
+def wait_command() -> str:
+    # cloud-init moves sshd and mounts the data volume; nothing may land before both are done.
+    return (f"cloud-init status --wait >/dev/null; mountpoint -q {DATA_MOUNT_POINT} "
+            f"|| {{ echo 'the data volume is not mounted at {DATA_MOUNT_POINT}' >&2; exit 1; }}")
+
+
+def install_command() -> str:
+    pins = " ".join(f"{package}={version}" for package, version in DOCKER_PACKAGES.items())
+    return f"sudo bash -s -- {pins}"
+
+
+def converge_command(layout_bundle_dir: str = PRODUCTION.bundle_dir) -> str:
+    return (f"set -euo pipefail; sudo install -d -m 0755 {layout_bundle_dir} "
+            f"&& sudo cp -R {UPLOAD_DIR}/. {layout_bundle_dir}/ "
+            f"&& sudo chmod 0755 {layout_bundle_dir}/scripts/* "
+            f"&& sudo {layout_bundle_dir}/scripts/deploy.sh")
+
+
+@dataclass(frozen=True)
+class HostConnection:
+    host: pulumi.Input[str]
+    port: int
+    private_key: pulumi.Input[str]
+
+    def args(self) -> remote.ConnectionArgs:
+        return remote.ConnectionArgs(host=self.host, port=self.port, user=SSH_USER, private_key=self.private_key,
+                                     dial_error_limit=60, per_dial_timeout=10)
+
+
+class Provisioning(pulumi.ComponentResource):
+    def __init__(self, name: str, settings: Settings, connection: HostConnection,
+                 host_identity: pulumi.Input[str], facts: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gitea-stack:provision:Provisioning", name, None, opts)
+        ssh = connection.args()
+        bundle: Bundle = render_bundle(settings)
+        install_script = read_script("install-host.sh")
+
+        # A new instance (replacement) starts the chain again; nothing else does.
+        self.wait = remote.Command(
+            f"{name}-wait-for-host", connection=ssh, create=wait_command(), triggers=[host_identity],
+            opts=pulumi.ResourceOptions(parent=self))
+        self.install = remote.Command(
+            f"{name}-install-docker", connection=ssh, create=install_command(), stdin=install_script,
+            triggers=[host_identity, sha256(install_script + install_command())],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]))
+        facts_output = pulumi.Output.from_input(facts)
+        archive = facts_output.apply(lambda text: pulumi.AssetArchive({
+            **{path: pulumi.StringAsset(content) for path, (content, _mode) in bundle.items()},
+            "stack-facts.env": pulumi.StringAsset(text),
+        }))
+        content_triggers = [host_identity, bundle_digest(bundle), facts_output.apply(sha256)]
+        self.copy = remote.CopyToRemote(
+            f"{name}-copy-bundle", connection=ssh, source=archive, remote_path=UPLOAD_DIR,
+            triggers=content_triggers, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]))
+        self.converge = remote.Command(
+            f"{name}-converge", connection=ssh, create=converge_command(), triggers=content_triggers,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.install, self.copy],
+                # deploy.sh logs names and states only, but its output is treated as sensitive anyway.
+                additional_secret_outputs=["stdout", "stderr"]))
+
+        self.register_outputs({"converge_stdout": self.converge.stdout})

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Fetches the stack's secrets from Secrets Manager into files of mode 0600, one value per file.
+
+Usage: fetch-secrets.py FACTS_ENV OUT_DIR
+  FACTS_ENV  stack-facts.env: SECRET_<KEY>=<secret name> lines written by `pulumi up`
+  OUT_DIR    an existing private directory; <key> files are created there
+The SMTP credentials secret (JSON) becomes smtp-host, smtp-port, smtp-username, smtp-password.
+Credentials come from the instance role; AWS_ENDPOINT_URL, when set, points boto3 elsewhere.
+No value is ever printed. Exit codes: 0 all written; 1 a secret is missing or unreadable; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def read_facts(path: Path) -> dict[str, str]:
+    facts = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            facts[key] = value
+    return facts
+
+
+def write_private(path: Path, value: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value)
+    os.chmod(path, 0o600)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if len(argv) != 3:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    facts = read_facts(Path(argv[1]))
+    out_dir = Path(argv[2])
+    region = facts.get("AWS_REGION") or None
+    client = boto3.client("secretsmanager", region_name=region)
+    secrets = {key.removeprefix("SECRET_").lower().replace("_", "-"): name
+               for key, name in facts.items() if key.startswith("SECRET_")}
+    failed = []
+    for key, name in sorted(secrets.items()):
+        try:
+            value = client.get_secret_value(SecretId=name)["SecretString"]
+        except (ClientError, BotoCoreError) as error:
+            failed.append(f"{key} ({name}): {error.__class__.__name__}: {getattr(error, 'response', {}).get('Error', {}).get('Code', error)}")
+            continue
+        if key == "smtp-credentials":
+            credentials = json.loads(value)
+            for field in ("host", "port", "username", "password"):
+                write_private(out_dir / f"smtp-{field}", str(credentials[field]))
+        else:
+            write_private(out_dir / key, value)
+    if failed:
+        print("fetch-secrets: could not read from Secrets Manager:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,237 @@
+"""The certificate life cycle end to end: real certbot, real nginx, a real ACME CA (pebble).
+
+One flow, in order, sharing one module fixture (each test needs the state the one before left):
+  1. bootstrap: nginx runs only the rendered nginx/http.conf; `certbot certonly` with the rendered
+     certbot/cli.ini gets the first certificate through the HTTP-01 webroot that nginx serves;
+  2. nginx switches to http.conf + https.conf and serves that certificate, chaining to pebble's root;
+  3. a forced renewal runs the rendered deploy hook (the `renewed` marker); after the reload the host's
+     renewal script does on that marker, nginx serves the new certificate;
+  4. a renewal run with nothing due changes nothing and leaves no marker.
+
+Test and host differ only in HostLayout: loopback ports, temporary directories, pebble's directory.
+certbot gets the rendered cli.ini via --config; the only test-only input is REQUESTS_CA_BUNDLE, the CA
+of pebble's own HTTPS listener.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
+from gitea_stack.settings import parse_settings
+from tests.harness.acme import Pebble
+from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
+from tests.harness.tools import require_tool
+
+DOMAIN = "git.example.com"
+# nginx's "combined" access log line for pebble's validation request, answered 200.
+CHALLENGE_FETCH = re.compile(
+    r'"GET /\.well-known/acme-challenge/[A-Za-z0-9_-]+ HTTP/1\.[01]" 200 \d+ "[^"]*" "LetsEncrypt-Pebble-VA')
+
+
+@dataclass
+class Stack:
+    root: Path
+    bundle_dir: Path
+    layout: HostLayout
+    pebble: Pebble
+    nginx: NginxServer
+    certbot: str
+    env: dict[str, str]
+    https_port: int
+    first_serial: int | None = None
+    renewed_serial: int | None = None
+
+    @property
+    def cli_ini(self) -> Path:
+        return self.bundle_dir / "certbot" / "cli.ini"
+
+    @property
+    def live(self) -> Path:
+        return Path(self.layout.letsencrypt_dir) / "live" / DOMAIN
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.layout.letsencrypt_dir) / "renewed"
+
+    @property
+    def access_log(self) -> Path:
+        return self.nginx.workdir / "access.log"
+
+    def run_certbot(self, *args: str) -> subprocess.CompletedProcess:
+        if args[0] == "renew":
+            # Test-only: with stdin not a terminal (cron, timers, and this test) `certbot renew` first
+            # sleeps a random 1-480 s to spread load on the CA; production keeps that delay.
+            args = (*args, "--no-random-sleep-on-renew")
+        return subprocess.run([self.certbot, *args, "--config", str(self.cli_ini)], capture_output=True,
+                              text=True, env=self.env, timeout=60)
+
+    def explain(self, result: subprocess.CompletedProcess) -> str:
+        log = Path(self.layout.certbot_logs_dir) / "letsencrypt.log"
+        return (f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n"
+                f"certbot log tail:\n{log.read_text()[-4000:] if log.exists() else '(none)'}\n"
+                f"pebble log tail:\n{self.pebble.read_log()[-3000:]}")
+
+    def file_serial(self) -> int:
+        return x509.load_pem_x509_certificate((self.live / "cert.pem").read_bytes()).serial_number
+
+    def served_certificate(self) -> x509.Certificate:
+        """What nginx presents on the HTTPS port for SNI git.example.com (no verification)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+                der = tls.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der)
+
+    def wait_for_served_serial(self, expected: int, timeout: float = 10.0) -> int:
+        """Polls until nginx's (new) workers serve `expected`; returns the last serial seen."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while True:
+            try:
+                seen = self.served_certificate().serial_number
+            except OSError:
+                pass
+            if seen == expected or time.monotonic() > deadline:
+                return seen
+            time.sleep(0.05)
+
+    def verified_handshake(self, root_pem: bytes) -> dict:
+        """A TLS handshake trusting only `root_pem`, checking the name: fails unless nginx serves the full chain."""
+        context = ssl.create_default_context(cadata=root_pem.decode())
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+                return tls.getpeercert()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    certbot = require_tool("certbot", "certbot")
+    nginx_path = require_tool("nginx", "nginx")
+    root = tmp_path_factory.mktemp("acme")
+    http_port, https_port = free_port(), free_port()
+    layout = HostLayout(
+        http_listen=f"127.0.0.1:{http_port}",
+        https_listen=f"127.0.0.1:{https_port}",
+        gitea_upstream=f"127.0.0.1:{free_port()}",  # nothing listens: the test never goes past TLS
+        letsencrypt_dir=str(root / "letsencrypt"),
+        certbot_work_dir=str(root / "certbot-work"),
+        certbot_logs_dir=str(root / "certbot-logs"),
+        acme_webroot=str(root / "webroot"),
+        nginx_http2_directive=supports_http2_directive(nginx_path),
+    )
+    (root / "webroot").mkdir()
+    (root / "pebble").mkdir()
+    settings = parse_settings({"domain": DOMAIN, "acmeEmail": "ops@example.com", "alertEmails": ["ops@example.com"],
+                               "sshAllowedCidrs": ["203.0.113.0/24"]}, "prod")
+    with Pebble(root / "pebble", http_port=http_port) as pebble:
+        layout = replace(layout, acme_directory=pebble.directory_url)
+        bundle_dir = root / "bundle"
+        write_bundle(render_bundle(settings, layout), bundle_dir)
+        nginx = NginxServer(root / "nginx", [bundle_dir / "nginx" / "http.conf"], [http_port])
+        env = {**os.environ,
+               "REQUESTS_CA_BUNDLE": str(pebble.ca_file),
+               # No per-user certbot config may leak in (certbot also reads ~/.config/letsencrypt/cli.ini).
+               "XDG_CONFIG_HOME": str(root / "xdg-config")}
+        with nginx:
+            yield Stack(root=root, bundle_dir=bundle_dir, layout=layout, pebble=pebble, nginx=nginx,
+                        certbot=certbot, env=env, https_port=https_port)
+
+
+def test_bootstrap_config_serves_the_challenge_for_the_first_certificate(stack):
+    checked = stack.nginx.check()
+    assert checked.returncode == 0, checked.stderr
+    assert not stack.live.exists()
+
+    result = stack.run_certbot("certonly", "-d", DOMAIN)
+
+    assert result.returncode == 0, stack.explain(result)
+    assert (stack.live / "fullchain.pem").is_file()
+    assert (stack.live / "privkey.pem").is_file()
+    # Pebble fetched the token over plain HTTP from nginx running only the bootstrap http.conf.
+    fetches = CHALLENGE_FETCH.findall(stack.access_log.read_text())
+    assert fetches, f"no challenge fetch by pebble in nginx's access log:\n{stack.access_log.read_text()}"
+    # certbot removed its token again: nothing is left in the webroot.
+    assert not any(Path(stack.layout.acme_webroot).rglob("*"))
+    # The rendered cli.ini asked for an ECDSA P-256 key.
+    certificate = x509.load_pem_x509_certificate((stack.live / "cert.pem").read_bytes())
+    assert certificate.public_key().curve.name == "secp256r1"
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [DOMAIN]
+    stack.first_serial = certificate.serial_number
+
+    # certbot runs --deploy-hook after certonly too, not only on renewal: for a newly obtained
+    # certificate `certonly` calls hooks.deploy_hook (certbot/_internal/main.py, _get_and_save_cert).
+    # So the bootstrap leaves the marker; the forced renewal below must create it afresh.
+    assert stack.marker.exists(), "certbot 2.1 runs the deploy hook on certonly for a new certificate"
+    stack.marker.unlink()
+
+
+def test_full_config_serves_the_issued_certificate_chaining_to_pebbles_root(stack):
+    assert stack.first_serial is not None, "needs the certificate of the bootstrap test"
+    stack.nginx.site_configs = [stack.bundle_dir / "nginx" / "http.conf", stack.bundle_dir / "nginx" / "https.conf"]
+    stack.nginx.write_config()
+    checked = stack.nginx.check()
+    assert checked.returncode == 0, checked.stderr
+    stack.nginx.reload()
+
+    assert stack.file_serial() == stack.first_serial
+    assert stack.wait_for_served_serial(stack.first_serial) == stack.first_serial
+
+    peer = stack.verified_handshake(stack.pebble.root_pem())
+    assert ("DNS", DOMAIN) in peer["subjectAltName"]
+    # fullchain.pem = leaf + pebble's issuing intermediate.
+    chain = x509.load_pem_x509_certificates((stack.live / "fullchain.pem").read_bytes())
+    assert chain[1] == x509.load_pem_x509_certificate(stack.pebble.intermediate_pem())
+
+
+def test_forced_renewal_runs_the_deploy_hook_and_a_reload_serves_the_new_certificate(stack):
+    assert stack.first_serial is not None, "needs the certificate of the bootstrap test"
+    assert not stack.marker.exists()
+    fetches_before = len(CHALLENGE_FETCH.findall(stack.access_log.read_text()))
+
+    result = stack.run_certbot("renew", "--force-renewal")
+
+    assert result.returncode == 0, stack.explain(result)
+    assert stack.marker.exists(), f"the deploy hook did not leave {stack.marker}\n{stack.explain(result)}"
+    renewed_serial = stack.file_serial()
+    assert renewed_serial != stack.first_serial
+    # Pebble never reuses authorizations here (PEBBLE_AUTHZREUSE=0): the renewal validated HTTP-01
+    # again, through nginx running the full configuration.
+    assert len(CHALLENGE_FETCH.findall(stack.access_log.read_text())) > fetches_before
+
+    # nginx keeps the old certificate in memory until it reloads.
+    assert stack.served_certificate().serial_number == stack.first_serial
+    stack.nginx.reload()  # what the host's renewal script does on seeing the marker
+    assert stack.wait_for_served_serial(renewed_serial) == renewed_serial
+    stack.verified_handshake(stack.pebble.root_pem())
+    stack.renewed_serial = renewed_serial
+    stack.marker.unlink()  # the renewal script consumes the marker
+
+
+def test_renewal_with_nothing_due_changes_nothing_and_leaves_no_marker(stack):
+    assert stack.renewed_serial is not None, "needs the certificate of the forced renewal test"
+    fullchain_before = (stack.live / "fullchain.pem").read_bytes()
+    archive_before = sorted(p.name for p in (Path(stack.layout.letsencrypt_dir) / "archive" / DOMAIN).iterdir())
+
+    result = stack.run_certbot("renew")
+
+    assert result.returncode == 0, stack.explain(result)
+    assert "not yet due for renewal" in result.stdout + result.stderr, stack.explain(result)
+    assert not stack.marker.exists(), "the deploy hook ran although nothing was renewed"
+    assert (stack.live / "fullchain.pem").read_bytes() == fullchain_before
+    assert sorted(p.name for p in (Path(stack.layout.letsencrypt_dir) / "archive" / DOMAIN).iterdir()) == archive_before
+    assert stack.file_serial() == stack.renewed_serial
+    assert stack.served_certificate().serial_number == stack.renewed_serial

@@ -1,0 +1,142 @@
+"""The host bundle as data: deterministic, complete, and saying what the stack config says."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+import yaml
+
+from gitea_stack import bundle as bundle_module
+from gitea_stack.bundle import HostLayout, bundle_digest, render_bundle
+from gitea_stack.cli import main as cli_main
+from tests.harness.bundles import VARIANTS, variant
+
+EXPECTED_FILES = {
+    "docker-compose.yml", "settings.env", "nginx/http.conf", "nginx/https.conf", "certbot/cli.ini",
+    "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
+    "scripts/lib.sh", "scripts/deploy.sh", "scripts/renew-certificates.sh", "scripts/fetch-secrets.py",
+}
+
+
+def compose(settings, layout=HostLayout()):
+    return yaml.safe_load(render_bundle(settings, layout)["docker-compose.yml"][0])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_rendering_is_deterministic(name):
+    first, second = render_bundle(variant(name)), render_bundle(variant(name))
+    assert first == second and bundle_digest(first) == bundle_digest(second)
+
+
+def test_the_bundle_has_every_file_with_its_mode():
+    rendered = render_bundle(variant("example"))
+    assert set(rendered) == EXPECTED_FILES
+    assert {path for path, (_, mode) in rendered.items() if mode == 0o755} == {
+        path for path in EXPECTED_FILES if path.startswith("scripts/")}
+
+
+def test_different_settings_give_different_digests():
+    digests = {bundle_digest(render_bundle(variant(name))) for name in VARIANTS}
+    assert len(digests) == len(VARIANTS)
+
+
+def test_a_missing_variable_fails_loudly(monkeypatch):
+    monkeypatch.setitem(bundle_module.TEMPLATES, "broken.conf", ("nginx/http.conf.j2", 0o644))
+    original = bundle_module.template_context
+    monkeypatch.setattr(bundle_module, "template_context",
+                        lambda settings, layout: {k: v for k, v in original(settings, layout).items() if k != "domain"})
+    with pytest.raises(jinja2.UndefinedError, match="domain"):
+        render_bundle(variant("example"))
+
+
+def test_every_service_is_pinned_limited_logged_and_unprivileged():
+    services = compose(variant("example"))["services"]
+    assert set(services) == {"postgres", "gitea", "nginx", "certbot", "diun"}
+    for name, service in services.items():
+        assert ":" in service["image"] and not service["image"].endswith(":latest"), name
+        assert service["logging"]["options"] == {"max-size": "10m", "max-file": "5"}, name
+        assert int(service["mem_limit"].removesuffix("m")) >= 128, name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert not service.get("privileged") and service.get("network_mode") != "host", name
+        if name != "certbot":
+            assert service["restart"] == "unless-stopped", name
+            assert "healthcheck" in services[name] or name == "diun", name
+
+
+def test_gitea_is_configured_through_environment_with_secrets_in_files():
+    gitea = compose(variant("custom-ports-and-images"))["services"]["gitea"]
+    environment = gitea["environment"]
+    assert environment["GITEA__server__ROOT_URL"] == "https://git.example.com/"
+    assert environment["GITEA__server__SSH_PORT"] == "2200"
+    assert environment["GITEA__service__DISABLE_REGISTRATION"] == "true"
+    assert environment["GITEA__metrics__ENABLED"] == "true"
+    assert environment["GITEA__mailer__PROTOCOL"] == "smtp+starttls"
+    secret_keys = [key for key in environment if key.endswith("__FILE")]
+    assert {"GITEA__database__PASSWD__FILE", "GITEA__security__SECRET_KEY__FILE",
+            "GITEA__security__INTERNAL_TOKEN__FILE", "GITEA__mailer__PASSWD__FILE",
+            "GITEA__metrics__TOKEN__FILE"} <= set(secret_keys)
+    assert all(environment[key].startswith("/run/gitea-stack/") for key in secret_keys)
+    assert gitea["ports"] == ["2200:2222"]
+    assert gitea["image"] == "docker.gitea.com/gitea:1.27.4-rootless"
+    assert gitea["healthcheck"]["test"][-1] == "http://localhost:3000/api/healthz"
+
+
+def test_data_lives_on_the_data_volume():
+    services = compose(variant("example"))["services"]
+    assert "/srv/gitea-stack/postgres:/var/lib/postgresql" in services["postgres"]["volumes"]
+    assert "/srv/gitea-stack/gitea/data:/var/lib/gitea" in services["gitea"]["volumes"]
+
+
+def test_only_diun_gets_the_docker_socket_and_read_only():
+    services = compose(variant("example"))["services"]
+    holders = {name for name, service in services.items()
+               if any("docker.sock" in volume for volume in service.get("volumes", []))}
+    assert holders == {"diun"}
+    assert "/var/run/docker.sock:/var/run/docker.sock:ro" in services["diun"]["volumes"]
+
+
+def test_diun_watches_each_service_on_its_own_line_by_label_only():
+    services = compose(variant("example"))["services"]
+    assert services["diun"]["environment"]["DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT"] == "false"
+    assert services["diun"]["environment"]["DIUN_WATCH_SCHEDULE"] == "0 4 * * 1"
+    for name, service in services.items():
+        labels = service["labels"]
+        assert labels["diun.enable"] == "true" and labels["diun.watch_repo"] == "true"
+        assert labels["diun.include_tags"].endswith("$$")  # compose's escape for a literal `$`
+    assert services["gitea"]["labels"]["diun.metadata.update_policy"] == "manual"
+    assert services["nginx"]["labels"]["diun.metadata.update_policy"] == "auto"
+
+
+def test_memory_limits_follow_the_instance_size():
+    small = compose(variant("example"))["services"]["gitea"]["mem_limit"]
+    large = compose(variant("graviton"))["services"]["gitea"]["mem_limit"]
+    assert int(large.removesuffix("m")) > int(small.removesuffix("m"))
+
+
+def test_layout_moves_ports_and_paths_without_editing_output():
+    layout = HostLayout(http_listen="127.0.0.1:18080", https_listen="127.0.0.1:18443",
+                        letsencrypt_dir="/tmp/le", acme_webroot="/tmp/www", gitea_upstream="127.0.0.1:13000")
+    rendered = render_bundle(variant("example"), layout)
+    http, https = rendered["nginx/http.conf"][0], rendered["nginx/https.conf"][0]
+    assert "listen 127.0.0.1:18080;" in http and "root /tmp/www;" in http
+    assert "listen 127.0.0.1:18443 ssl;" in https and "proxy_pass http://127.0.0.1:13000;" in https
+    assert "ssl_certificate /tmp/le/live/git.example.com/fullchain.pem;" in https
+
+
+def test_cli_render_writes_the_bundle_the_program_copies(tmp_path, capsys):
+    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path)]) == 0
+    from tests.harness.pulumi_mocks import stack_file_config
+    from gitea_stack.settings import parse_settings
+    config = {k.split(":", 1)[1]: v for k, v in stack_file_config().items() if k.startswith("gitea-stack:")}
+    expected = render_bundle(parse_settings(config, "prod"))
+    for path, (content, mode) in expected.items():
+        written = tmp_path / path
+        assert written.read_text() == content
+        assert written.stat().st_mode & 0o777 == mode
+
+
+def test_cli_render_reports_bad_config(tmp_path, capsys):
+    (tmp_path / "Pulumi.bad.yaml").write_text("config:\n  gitea-stack:domain: not a domain\n")
+    assert cli_main(["render", "--stack", "bad", "--out", str(tmp_path / "out"), "--project-dir", str(tmp_path)]) == 1
+    assert "gitea-stack:domain: expected a fully qualified domain name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
