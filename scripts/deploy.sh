@@ -92,15 +92,16 @@ enable_nginx_configs() {
   done
 }
 
+# Pulls only when an image is not on the host yet: a converge with nothing new needs no registry.
 pull_missing_images() {
-  local service image
-  for service in postgres gitea nginx certbot diun; do
-    image=$(compose config --format json | python3 -c 'import json, sys; print(json.load(sys.stdin)["services"][sys.argv[1]]["image"])' "$service")
-    if ! docker image inspect "$image" >/dev/null 2>&1; then
-      log "pulling $image"
-      compose pull --quiet "$service" || die "could not pull $image"
-    fi
-  done
+  local image missing=()
+  while read -r image; do
+    docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
+  done < <(compose --profile tools config --images)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "pulling ${missing[*]}"
+    compose --profile tools pull --quiet || die "could not pull ${missing[*]}"
+  fi
 }
 
 reload_nginx() {

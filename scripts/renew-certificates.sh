@@ -13,7 +13,8 @@ load_env_file "$GITEA_STACK_DIR/settings.env"
 
 hold_lock
 marker="$DATA_DIR/letsencrypt/renewed"
-compose run --rm --no-deps certbot renew
+# The timer already spreads runs (RandomizedDelaySec); certbot need not sleep again while we hold the lock.
+compose run --rm --no-deps certbot renew --no-random-sleep-on-renew
 if [ -e "$marker" ]; then
   compose exec -T nginx nginx -t
   compose exec -T nginx nginx -s reload

@@ -9,8 +9,10 @@ One flow, in order, sharing one module fixture (each test needs the state the on
   4. a renewal run with nothing due changes nothing and leaves no marker.
 
 Test and host differ only in HostLayout: loopback ports, temporary directories, pebble's directory.
-certbot gets the rendered cli.ini via --config; the only test-only input is REQUESTS_CA_BUNDLE, the CA
-of pebble's own HTTPS listener.
+certbot gets the rendered cli.ini via --config. Test-only inputs: REQUESTS_CA_BUNDLE (the CA of
+pebble's own HTTPS listener), --no-random-sleep-on-renew on `renew` (see run_certbot) and an empty
+XDG_CONFIG_HOME. Debian's own /etc/letsencrypt/cli.ini (max-log-backups, preconfigured-renewal) is
+read too: certbot always reads its default config files besides --config, and has no switch against it.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ def test_forced_renewal_runs_the_deploy_hook_and_a_reload_serves_the_new_certifi
     assert stack.first_serial is not None, "needs the certificate of the bootstrap test"
     assert not stack.marker.exists()
     fetches_before = len(CHALLENGE_FETCH.findall(stack.access_log.read_text()))
+    authorizations_before = stack.pebble.authorizations_created()
 
     result = stack.run_certbot("renew", "--force-renewal")
 
@@ -208,9 +211,12 @@ def test_forced_renewal_runs_the_deploy_hook_and_a_reload_serves_the_new_certifi
     assert stack.marker.exists(), f"the deploy hook did not leave {stack.marker}\n{stack.explain(result)}"
     renewed_serial = stack.file_serial()
     assert renewed_serial != stack.first_serial
-    # Pebble never reuses authorizations here (PEBBLE_AUTHZREUSE=0): the renewal validated HTTP-01
-    # again, through nginx running the full configuration.
-    assert len(CHALLENGE_FETCH.findall(stack.access_log.read_text())) > fetches_before
+    # With PEBBLE_AUTHZREUSE=0 pebble makes a new authorization for ~99% of orders (see the harness);
+    # when it did, the renewal passed HTTP-01 again through nginx running the full configuration, as
+    # every renewal on the host does.
+    if stack.pebble.authorizations_created() > authorizations_before:
+        assert len(CHALLENGE_FETCH.findall(stack.access_log.read_text())) > fetches_before, \
+            f"pebble validated the renewal but nginx logged no challenge fetch:\n{stack.access_log.read_text()}"
 
     # nginx keeps the old certificate in memory until it reloads.
     assert stack.served_certificate().serial_number == stack.first_serial
