@@ -97,7 +97,7 @@ pull_missing_images() {
   local image missing=()
   while read -r image; do
     docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
-  done < <(compose --profile tools config --images)
+  done < <(compose --profile tools config | sed -n 's/^ *image: *//p' | sort -u)
   if [ ${#missing[@]} -gt 0 ]; then
     log "pulling ${missing[*]}"
     compose --profile tools pull --quiet || die "could not pull ${missing[*]}"
