@@ -29,7 +29,6 @@ class HostLayout:
     certbot_work_dir: str = "/var/lib/letsencrypt"
     certbot_logs_dir: str = "/var/log/letsencrypt"
     acme_webroot: str = "/var/www/certbot"
-    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
     # nginx >= 1.25.1 turns HTTP/2 on with `http2 on;`; older ones (Debian 12's 1.22) on `listen`.
     nginx_http2_directive: bool = True
 
@@ -71,6 +70,8 @@ def template_context(settings: Settings, layout: HostLayout) -> dict[str, object
         "stack": settings.stack,
         "domain": settings.domain,
         "acme_email": settings.acme_email,
+        "acme_server": settings.acme_server,
+        "aws_endpoint_url": settings.aws_endpoint_url,
         "admin_username": settings.admin_username,
         "admin_email": settings.admin_email,
         "alert_emails": settings.alert_emails,

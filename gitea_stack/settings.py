@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,7 @@ RESERVED_GITEA_USERNAMES = frozenset({
     "metrics", "milestones", "new", "notifications", "org", "pulls", "raw", "repo", "repo-avatars",
     "robots.txt", "search", "serviceworker.js", "ssh_info", "swagger.v1.json", "user", "v2",
 })
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 # nginx owns these on the host, so neither SSH port may take them.
 HTTP_PORTS = (80, 443)
 
@@ -61,6 +63,8 @@ class Settings:
     retain_data_on_destroy: bool
     secret_recovery_window_days: int
     images: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_IMAGES)))
+    acme_server: str = LETS_ENCRYPT_DIRECTORY
+    aws_endpoint_url: str = ""
 
     @property
     def architecture(self) -> str:
@@ -249,6 +253,24 @@ def parse_image_reference(value: Any) -> str:
     return value
 
 
+def _parse_url(value: Any, schemes: tuple[str, ...], expected: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
+        raise ValueError(expected)
+    return value.strip()
+
+
+def parse_acme_server(value: Any) -> str:
+    return _parse_url(value, ("https",), "the https URL of an ACME directory, such as "
+                      "https://acme-staging-v02.api.letsencrypt.org/directory")
+
+
+def parse_endpoint_url(value: Any) -> str:
+    return _parse_url(value, ("http", "https"), "an http(s) URL of an AWS API endpoint, without credentials")
+
+
 def parse_images(value: Any) -> Mapping[str, str]:
     if isinstance(value, str):
         try:
@@ -298,6 +320,8 @@ KEYS: tuple[Key, ...] = (
     Key("retainDataOnDestroy", "retain_data_on_destroy", parse_bool, True),
     Key("secretRecoveryWindowDays", "secret_recovery_window_days", parse_recovery_window, 0),
     Key("images", "images", parse_images, MappingProxyType(dict(DEFAULT_IMAGES))),
+    Key("acmeServer", "acme_server", parse_acme_server, LETS_ENCRYPT_DIRECTORY),
+    Key("awsEndpointUrl", "aws_endpoint_url", parse_endpoint_url, ""),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 

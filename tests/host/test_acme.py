@@ -23,7 +23,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -136,10 +136,10 @@ def stack(tmp_path_factory):
     )
     (root / "webroot").mkdir()
     (root / "pebble").mkdir()
-    settings = parse_settings({"domain": DOMAIN, "acmeEmail": "ops@example.com", "alertEmails": ["ops@example.com"],
-                               "sshAllowedCidrs": ["203.0.113.0/24"]}, "prod")
     with Pebble(root / "pebble", http_port=http_port) as pebble:
-        layout = replace(layout, acme_directory=pebble.directory_url)
+        settings = parse_settings({"domain": DOMAIN, "acmeEmail": "ops@example.com",
+                                   "alertEmails": ["ops@example.com"], "sshAllowedCidrs": ["203.0.113.0/24"],
+                                   "acmeServer": pebble.directory_url}, "prod")
         bundle_dir = root / "bundle"
         write_bundle(render_bundle(settings, layout), bundle_dir)
         nginx = NginxServer(root / "nginx", [bundle_dir / "nginx" / "http.conf"], [http_port])

@@ -140,3 +140,15 @@ def test_cli_render_reports_bad_config(tmp_path, capsys):
     assert cli_main(["render", "--stack", "bad", "--out", str(tmp_path / "out"), "--project-dir", str(tmp_path)]) == 1
     assert "gitea-stack:domain: expected a fully qualified domain name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_acme_server_and_aws_endpoint_come_from_the_settings():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    default = render_bundle(variant("example"))
+    assert "server = https://acme-v02.api.letsencrypt.org/directory\n" in default["certbot/cli.ini"][0]
+    assert "AWS_ENDPOINT_URL" not in default["settings.env"][0]
+    custom = render_bundle(parse_settings({**BASE, "acmeServer": "https://acme-staging-v02.api.letsencrypt.org/directory",
+                                           "awsEndpointUrl": "http://192.0.2.2:5000"}, "prod"))
+    assert "server = https://acme-staging-v02.api.letsencrypt.org/directory\n" in custom["certbot/cli.ini"][0]
+    assert "\nAWS_ENDPOINT_URL=http://192.0.2.2:5000\n" in custom["settings.env"][0]

@@ -38,6 +38,8 @@ def test_minimal_config_gets_the_documented_defaults():
     assert settings.retain_data_on_destroy is True
     assert settings.secret_recovery_window_days == 0
     assert dict(settings.images) == DEFAULT_IMAGES
+    assert settings.acme_server == "https://acme-v02.api.letsencrypt.org/directory"
+    assert settings.aws_endpoint_url == ""
 
 
 def test_values_arrive_as_engine_strings_or_python_values():
@@ -125,6 +127,10 @@ BAD_INPUT = {
     "image latest": ({"images": {"nginx": "nginx:latest"}}, "images", "pin a release"),
     "image untagged": ({"images": {"gitea": "docker.gitea.com/gitea"}}, "images", "untagged"),
     "images not a map": ({"images": '["nginx:1.28.0"]'}, "images", "map of service name"),
+    "acme server not https": ({"acmeServer": "http://acme.example.com/dir"}, "acmeServer", "https URL"),
+    "aws endpoint with credentials": ({"awsEndpointUrl": "http://key:secret@127.0.0.1:5000"}, "awsEndpointUrl",
+                                      "without credentials"),
+    "aws endpoint not a url": ({"awsEndpointUrl": "localhost:5000"}, "awsEndpointUrl", "http(s) URL"),
     "unknown key": ({"adminSshPrt": 2222}, "adminSshPrt", "did you mean gitea-stack:adminSshPort"),
 }
 
@@ -158,5 +164,5 @@ def test_every_documented_key_is_known():
     documented = {"domain", "hostedZone", "acmeEmail", "alertEmails", "adminUsername", "adminEmail",
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
-                  "images"}
+                  "images", "acmeServer", "awsEndpointUrl"}
     assert set(KEY_NAMES) == documented
