@@ -88,3 +88,13 @@ def test_an_nginx_only_change_reruns_only_the_copy_and_the_converge(example_run,
 def test_setting_changes_rerun_what_depends_on_them(example_run, run_with, changes, expected):
     before, after = triggers(example_run), triggers(run_with(**changes))
     assert {name for name in STEPS if before[name] != after[name]} == expected
+
+
+def test_the_replay_harness_orders_steps_by_their_dependencies(example_run):
+    from tests.harness.replay import remote_steps, stored_secrets
+    order = [step.name for step in remote_steps(example_run)]
+    assert order[0] == "provision-wait-for-host" and order[-1] == "provision-converge"
+    assert set(order) == set(STEPS)
+    secrets = stored_secrets(example_run)
+    assert len(secrets) == 8 and all(name.startswith("gitea-stack/prod/") for name in secrets)
+    assert secrets["gitea-stack/prod/postgres-password-MOCK"] == "MOCK-SECRET-secrets-postgres-password-Zq7"
