@@ -7,7 +7,10 @@ listens; tests pass loopback ports and temporary paths through it, never by edit
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +114,15 @@ def bundle_digest(bundle: Bundle) -> str:
         digest.update(f"{relative}\0{mode:o}\0{len(content)}\0".encode())
         digest.update(content.encode())
     return digest.hexdigest()
+
+
+def bundle_tarball(bundle: Bundle) -> bytes:
+    """The bundle as a gzipped tar with its modes; byte-identical for equal bundles (no times, no owners)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for relative, (content, mode) in sorted(bundle.items()):
+            data = content.encode()
+            info = tarfile.TarInfo(relative)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            archive.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)

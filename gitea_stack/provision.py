@@ -1,6 +1,8 @@
 """Provisioning: the remote steps that turn the instance into a running forge, over SSH.
 
 wait for the host -> install Docker (pinned) -> copy the bundle -> converge (deploy.sh).
+The bundle travels as a gzipped tar on the copy command's stdin: modes survive, and the step is a
+plain command whose input is exactly what lands on the host.
 Each step's triggers are content hashes of exactly what it depends on, so a no-op `pulumi up`
 re-runs nothing, and a change confined to the bundle re-runs only the copy and the converge.
 Secrets never travel here: the host reads them from Secrets Manager with its instance role.
@@ -8,13 +10,14 @@ Secrets never travel here: the host reads them from Secrets Manager with its ins
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 
 import pulumi
 from pulumi_command import remote
 
-from gitea_stack.bundle import PRODUCTION, Bundle, bundle_digest, render_bundle
+from gitea_stack.bundle import PRODUCTION, Bundle, bundle_digest, bundle_tarball, render_bundle
 from gitea_stack.rendering import DATA_MOUNT_POINT, read_script
 from gitea_stack.settings import Settings
 from gitea_stack.versions import DOCKER_PACKAGES
@@ -46,11 +49,20 @@ def install_command() -> str:
     return f"sudo bash -s -- {pins}"
 
 
-def converge_command(layout_bundle_dir: str = PRODUCTION.bundle_dir) -> str:
-    return (f"set -euo pipefail; sudo install -d -m 0755 {layout_bundle_dir} "
-            f"&& sudo cp -R {UPLOAD_DIR}/. {layout_bundle_dir}/ "
-            f"&& sudo chmod 0755 {layout_bundle_dir}/scripts/* "
-            f"&& sudo {layout_bundle_dir}/scripts/deploy.sh")
+def copy_command() -> str:
+    return (f"rm -rf {UPLOAD_DIR} && mkdir -p {UPLOAD_DIR} "
+            f"&& base64 --decode | tar --extract --gzip --no-same-owner --directory {UPLOAD_DIR}")
+
+
+def converge_command(bundle_dir: str = PRODUCTION.bundle_dir) -> str:
+    return (f"set -euo pipefail; sudo install -d -m 0755 {bundle_dir} "
+            f"&& sudo cp -R --preserve=mode {UPLOAD_DIR}/. {bundle_dir}/ "
+            f"&& sudo {bundle_dir}/scripts/deploy.sh")
+
+
+def upload_payload(bundle: Bundle, facts: str) -> str:
+    """What the copy step feeds to its command: the bundle plus stack-facts.env, tarred, base64."""
+    return base64.b64encode(bundle_tarball({**bundle, "stack-facts.env": (facts, 0o644)})).decode() + "\n"
 
 
 @dataclass(frozen=True)
@@ -82,13 +94,10 @@ class Provisioning(pulumi.ComponentResource):
             triggers=[host_identity, sha256(install_script + install_command())],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]))
         facts_output = pulumi.Output.from_input(facts)
-        archive = facts_output.apply(lambda text: pulumi.AssetArchive({
-            **{path: pulumi.StringAsset(content) for path, (content, _mode) in bundle.items()},
-            "stack-facts.env": pulumi.StringAsset(text),
-        }))
         content_triggers = [host_identity, bundle_digest(bundle), facts_output.apply(sha256)]
-        self.copy = remote.CopyToRemote(
-            f"{name}-copy-bundle", connection=ssh, source=archive, remote_path=UPLOAD_DIR,
+        self.copy = remote.Command(
+            f"{name}-copy-bundle", connection=ssh, create=copy_command(),
+            stdin=facts_output.apply(lambda text: upload_payload(bundle, text)),
             triggers=content_triggers, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]))
         self.converge = remote.Command(
             f"{name}-converge", connection=ssh, create=converge_command(), triggers=content_triggers,

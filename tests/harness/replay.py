@@ -1,24 +1,21 @@
 """Replays the program's own remote steps against a testbed host, over real SSH.
 
 The Pulumi engine cannot run here, so the program runs under mocks and the harness collects what it
-declared: every `command:remote:Command` (its command and stdin) and `command:remote:CopyToRemote`
-(its archive), in dependency order. Each step then runs as pulumi-command would run it: the command
-through an SSH session, the archive copied below its remote path. Only the connection changes: the
-harness points it at the testbed (host, port, user, key) instead of the Elastic IP.
+declared: every `command:remote:Command` (its command and stdin; the bundle copy is one of them)
+in dependency order. Each step then runs as pulumi-command runs it: the command through an SSH
+session with its stdin. Only the connection changes: the harness points it at the testbed (host,
+port, user, key) instead of the Elastic IP.
 """
 
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.pulumi_mocks import Registered, StackRun
 
 COMMAND = "command:remote:Command"
-COPY = "command:remote:CopyToRemote"
 SECRET = "aws:secretsmanager/secret:Secret"
 SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 
@@ -26,17 +23,17 @@ SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 @dataclass(frozen=True)
 class RemoteStep:
     name: str
-    kind: str  # COMMAND or COPY
-    command: str = ""
-    stdin: str | None = None
-    archive: dict[str, str] | None = None  # path -> text
-    remote_path: str = ""
-    triggers: tuple = ()
+    command: str
+    stdin: str | None
+    triggers: tuple
 
 
 def remote_steps(run: StackRun) -> list[RemoteStep]:
     """The program's remote steps in an order that respects their dependencies."""
-    declared = {r.urn: r for r in run.resources if r.type in (COMMAND, COPY)}
+    unsupported = sorted({r.type for r in run.resources if r.type.startswith("command:remote:")} - {COMMAND})
+    if unsupported:
+        raise ValueError(f"the replay runs commands only; the program declares {unsupported}")
+    declared = {r.urn: r for r in run.resources if r.type == COMMAND}
     ordered: list[Registered] = []
     visiting: set[str] = set()
 
@@ -57,13 +54,8 @@ def remote_steps(run: StackRun) -> list[RemoteStep]:
 
 
 def _step(resource: Registered) -> RemoteStep:
-    triggers = tuple(str(t) for t in resource.inputs.get("triggers", []))
-    if resource.type == COMMAND:
-        return RemoteStep(resource.name, COMMAND, command=resource.inputs["create"],
-                          stdin=resource.inputs.get("stdin"), triggers=triggers)
-    assets = resource.raw_inputs["source"]["assets"]
-    return RemoteStep(resource.name, COPY, archive={path: asset["text"] for path, asset in assets.items()},
-                      remote_path=resource.inputs["remotePath"], triggers=triggers)
+    return RemoteStep(resource.name, resource.inputs["create"], resource.inputs.get("stdin"),
+                      tuple(str(t) for t in resource.inputs.get("triggers", [])))
 
 
 def stored_secrets(run: StackRun) -> dict[str, str]:
@@ -95,23 +87,8 @@ class SshTarget:
 
 
 def run_step(step: RemoteStep, target: SshTarget, timeout: float = 900) -> subprocess.CompletedProcess:
-    if step.kind == COMMAND:
-        return subprocess.run(target.command(step.command), input=(step.stdin or "").encode(),
-                              capture_output=True, timeout=timeout)
-    return subprocess.run(target.command(f"mkdir -p {step.remote_path} && tar -x -C {step.remote_path}"),
-                          input=_tar(step.archive or {}), capture_output=True, timeout=timeout)
-
-
-def _tar(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path, text in sorted(files.items()):
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return subprocess.run(target.command(step.command), input=(step.stdin or "").encode(),
+                          capture_output=True, timeout=timeout)
 
 
 def replay(run: StackRun, target: SshTarget, only: set[str] | None = None) -> list[tuple[RemoteStep, subprocess.CompletedProcess]]:

@@ -152,3 +152,13 @@ def test_acme_server_and_aws_endpoint_come_from_the_settings():
                                            "awsEndpointUrl": "http://192.0.2.2:5000"}, "prod"))
     assert "server = https://acme-staging-v02.api.letsencrypt.org/directory\n" in custom["certbot/cli.ini"][0]
     assert "\nAWS_ENDPOINT_URL=http://192.0.2.2:5000\n" in custom["settings.env"][0]
+
+
+def test_the_tarball_is_deterministic_and_keeps_modes():
+    import io
+    import tarfile
+    from gitea_stack.bundle import bundle_tarball
+    rendered = render_bundle(variant("example"))
+    assert bundle_tarball(rendered) == bundle_tarball(render_bundle(variant("example")))
+    with tarfile.open(fileobj=io.BytesIO(bundle_tarball(rendered))) as archive:
+        assert {m.name: m.mode for m in archive.getmembers()} == {path: mode for path, (_, mode) in rendered.items()}

@@ -54,8 +54,7 @@ EXPECTED_ESTATE = {
     "aws:ec2/volumeAttachment:VolumeAttachment": 1,
     "aws:ec2/eip:Eip": 1,
     "aws:cloudwatch/metricAlarm:MetricAlarm": 1,
-    "command:remote:Command": 3,  # wait for the host, install Docker, converge
-    "command:remote:CopyToRemote": 1,
+    "command:remote:Command": 4,  # wait for the host, install Docker, copy the bundle, converge
 }
 
 

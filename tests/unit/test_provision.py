@@ -44,11 +44,18 @@ def test_install_pins_every_docker_package_and_sends_the_script_on_stdin(example
     assert install.inputs["stdin"].startswith("#!/usr/bin/env bash")
 
 
-def test_the_copy_carries_the_bundle_and_the_stack_facts(example_run):
+def test_the_copy_carries_the_bundle_with_its_modes_and_the_stack_facts(example_run):
+    import base64
+    import io
+    import tarfile
     copy = example_run.named("provision-copy-bundle")
-    assets = copy.raw_inputs["source"]["assets"]
-    assert {"docker-compose.yml", "nginx/https.conf", "scripts/deploy.sh", "stack-facts.env"} <= set(assets)
-    facts = assets["stack-facts.env"]["text"]
+    assert copy.inputs["create"].endswith("tar --extract --gzip --no-same-owner --directory "
+                                          "/home/ubuntu/gitea-stack-upload")
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(copy.inputs["stdin"]))) as archive:
+        members = {member.name: member for member in archive.getmembers()}
+        facts = archive.extractfile("stack-facts.env").read().decode()
+    assert {"docker-compose.yml", "nginx/https.conf", "scripts/deploy.sh", "stack-facts.env"} <= set(members)
+    assert members["scripts/deploy.sh"].mode == 0o755 and members["docker-compose.yml"].mode == 0o644
     assert "BACKUP_BUCKET=gitea-stack-prod-backups-mock\n" in facts
     assert "SECRET_RESTIC_PASSWORD=gitea-stack/prod/restic-password-MOCK\n" in facts
     assert "AWS_REGION=eu-central-1\n" in facts
@@ -58,6 +65,7 @@ def test_converge_runs_deploy_and_its_output_is_secret(example_run):
     converge = example_run.named("provision-converge")
     assert converge.inputs["create"].endswith("sudo /opt/gitea-stack/scripts/deploy.sh")
     assert {"stdout", "stderr"} <= set(converge.additional_secret_outputs)
+    assert not example_run.of_type("command:remote:CopyToRemote")
 
 
 def triggers(run):
