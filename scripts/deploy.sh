@@ -55,7 +55,7 @@ install_if_changed() {
 install_secrets() {
   local staging service key changed
   staging=$(mktemp -d "$GITEA_STACK_DIR/secrets/.staging.XXXXXX")
-  trap 'rm -rf "$staging"' RETURN
+  STAGING_DIR=$staging
   # Everything is fetched before anything is replaced: a missing secret changes nothing.
   python3 "$GITEA_STACK_DIR/scripts/fetch-secrets.py" "$GITEA_STACK_DIR/stack-facts.env" "$staging" \
     || die "could not fetch the stack's secrets; nothing was changed"
@@ -173,6 +173,10 @@ wait_until_healthy() {
     sleep 3
   done
 }
+
+# Fetched secrets are staged in a private directory that goes away however the script ends.
+STAGING_DIR=""
+trap 'if [ -n "$STAGING_DIR" ]; then rm -rf "$STAGING_DIR"; fi' EXIT
 
 hold_lock
 check_free_space

@@ -184,6 +184,7 @@ def assert_failed_cleanly(results, message: str, before, testbed):
     assert step.name == "provision-converge" and result.returncode != 0
     assert message in result.stderr.decode() + result.stdout.decode()
     assert containers(testbed) == before  # running services were left as they were
+    assert not list(testbed.path("/opt/gitea-stack/secrets").glob(".staging.*"))  # no half-fetched secrets
 
 
 def test_a_missing_secret_fails_clearly_and_changes_nothing(testbed, stack_run, target, converged):
