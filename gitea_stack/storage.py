@@ -23,7 +23,6 @@ class BackupBucket(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:storage:BackupBucket", name, None, opts)
         retain = settings.retain_data_on_destroy
-        child = pulumi.ResourceOptions(parent=self)
 
         self.bucket = aws.s3.Bucket(
             f"{name}-bucket",

@@ -9,7 +9,6 @@ answers resource creations and data-source calls with deterministic, recognisabl
 from __future__ import annotations
 
 import asyncio
-import json
 import runpy
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from pulumi.runtime import rpc
 from pulumi.runtime.settings import set_root_resource
 from pulumi.runtime.stack import wait_for_rpcs
 
-from gitea_stack.cli import engine_value as as_engine_value
 from gitea_stack.cli import stack_file_values
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

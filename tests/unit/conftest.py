@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.harness.pulumi_mocks import StackRun, as_engine_value, run_program, stack_file_config
+from gitea_stack.cli import engine_value
+from tests.harness.pulumi_mocks import StackRun, run_program, stack_file_config
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,6 @@ def run_with(example_config) -> Callable[..., StackRun]:
             if value is None:
                 config.pop(f"gitea-stack:{key}", None)
             else:
-                config[f"gitea-stack:{key}"] = as_engine_value(value)
+                config[f"gitea-stack:{key}"] = engine_value(value)
         return run_program(config)
     return run

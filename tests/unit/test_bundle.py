@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from gitea_stack import bundle as bundle_module
-from gitea_stack.bundle import HostLayout, bundle_digest, render_bundle
+from gitea_stack.bundle import PRODUCTION, HostLayout, bundle_digest, render_bundle
 from gitea_stack.cli import main as cli_main
 from tests.harness.bundles import VARIANTS, variant
 
@@ -18,7 +18,7 @@ EXPECTED_FILES = {
 }
 
 
-def compose(settings, layout=HostLayout()):
+def compose(settings, layout=PRODUCTION):
     return yaml.safe_load(render_bundle(settings, layout)["docker-compose.yml"][0])
 
 
@@ -99,7 +99,7 @@ def test_diun_watches_each_service_on_its_own_line_by_label_only():
     services = compose(variant("example"))["services"]
     assert services["diun"]["environment"]["DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT"] == "false"
     assert services["diun"]["environment"]["DIUN_WATCH_SCHEDULE"] == "0 4 * * 1"
-    for name, service in services.items():
+    for service in services.values():
         labels = service["labels"]
         assert labels["diun.enable"] == "true" and labels["diun.watch_repo"] == "true"
         assert labels["diun.include_tags"].endswith("$$")  # compose's escape for a literal `$`
