@@ -179,6 +179,24 @@ def test_a_killed_gitea_comes_back_on_the_next_converge(testbed, stack_run, targ
     assert status == 200
 
 
+def test_a_rotated_secret_recreates_only_the_services_that_use_it(testbed, stack_run, target, converged):
+    client = testbed.boto3_client("secretsmanager")
+    name = next(n for n in stored_secrets(stack_run) if "/metrics-token-" in n)
+    original = client.get_secret_value(SecretId=name)["SecretString"]
+    before = containers(testbed)
+    client.put_secret_value(SecretId=name, SecretString="RotatedMetricsToken0123456789abcdefABCD")
+    try:
+        check_replay(stack_run, target, only={"provision-converge"})
+        after = containers(testbed)
+        assert after["gitea"][0] != before["gitea"][0]  # the metrics token is Gitea's alone
+        assert {s: after[s] for s in ("postgres", "nginx", "diun")} == {s: before[s] for s in ("postgres", "nginx", "diun")}
+        assert testbed.path("/opt/gitea-stack/secrets/gitea/metrics-token").read_text() == \
+            "RotatedMetricsToken0123456789abcdefABCD"
+    finally:
+        client.put_secret_value(SecretId=name, SecretString=original)
+        check_replay(stack_run, target, only={"provision-converge"})
+
+
 def assert_failed_cleanly(results, message: str, before, testbed):
     step, result = results[-1]
     assert step.name == "provision-converge" and result.returncode != 0
