@@ -85,7 +85,7 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         "gitCloneHttps": settings.https_clone_url("OWNER", "REPOSITORY"),
         "gitCloneSsh": settings.ssh_clone_url("OWNER", "REPOSITORY"),
         "backupBucket": backups.bucket.bucket,
-        "secretNames": {key: secret.name for key, secret in all_secrets.items()},
+        "secretNames": secret_names,
         "instanceId": host.instance.id,
         "dataVolumeId": host.data_volume.id,
         "provisioningPrivateKey": pulumi.Output.secret(host.private_key),
