@@ -58,56 +58,105 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_listener_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a 127.0.0.1/localhost server certificate it signed.
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
 
-    Returns (ca_file, cert_file, key_file).
-    """
+
+def new_listener_ca(common_name: str, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA for pebble's own HTTPS listener (not the CA that issues ACME certificates)."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gitea-stack test pebble listener CA")])
-    ca_cert = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0]).not_valid_after(validity[1])
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False, data_encipherment=False,
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
 
+
+def listener_certificate(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, ip_addresses: list[str],
+                         dns_names: list[str], directory: Path, days: int) -> tuple[Path, Path]:
+    """A server certificate for pebble's listener, signed by `ca`; returns (cert_file, key_file)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses] + [x509.DNSName(n) for n in dns_names]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (dns_names or ip_addresses)[0])]))
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0]).not_valid_after(validity[1])
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-
     directory.mkdir(parents=True, exist_ok=True)
-    ca_file = directory / "listener-ca.pem"
-    cert_file = directory / "listener-cert.pem"
-    key_file = directory / "listener-key.pem"
-    ca_file.write_bytes(_pem(ca_cert))
+    cert_file, key_file = directory / "listener-cert.pem", directory / "listener-key.pem"
     cert_file.write_bytes(_pem(cert))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
+    _write_key(key, key_file)
+    return cert_file, key_file
+
+
+def make_listener_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a 127.0.0.1/localhost server certificate it signed.
+
+    Returns (ca_file, cert_file, key_file).
+    """
+    ca, ca_key = new_listener_ca("gitea-stack test pebble listener CA", days=1)
+    cert_file, key_file = listener_certificate(ca, ca_key, [LOOPBACK], ["localhost"], directory, days=1)
+    ca_file = directory / "listener-ca.pem"
+    ca_file.write_bytes(_pem(ca))
     return ca_file, cert_file, key_file
+
+
+def pebble_config(listen: str, management: str, cert_file: Path, key_file: Path, http_port: int,
+                  tls_port: int) -> str:
+    """pebble's JSON config. certbot's webroot authenticator only does HTTP-01: nothing listens on tls_port."""
+    return json.dumps({"pebble": {
+        "listenAddress": listen,
+        "managementListenAddress": management,
+        "certificate": str(cert_file),
+        "privateKey": str(key_file),
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }}, indent=2)
+
+
+def challtestsrv_argv(binary: str, address: str, dns_port: int, management_port: int, resolve_to: str) -> list[str]:
+    """pebble-challtestsrv with only its DNS server, answering every A query with `resolve_to`, no AAAA."""
+    return [binary, "-dns01", f"{address}:{dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-management", f"{address}:{management_port}", "-defaultIPv4", resolve_to, "-defaultIPv6", ""]
+
+
+def pebble_argv(binary: str, config: Path, dns_server: str) -> list[str]:
+    return [binary, "-config", str(config), "-dnsserver", dns_server]
+
+
+PEBBLE_ENVIRONMENT = {
+    "PEBBLE_VA_NOSLEEP": "1",       # validate at once, no random 0-15 s sleep
+    "PEBBLE_WFE_NONCEREJECT": "0",  # never reject a good nonce: deterministic runs
+    # By default pebble reuses a valid authorization for half of new orders, so a renewal would often
+    # skip HTTP-01. 0 is the lowest value it accepts, but not "never": pebble 2.4 makes a new
+    # authorization only if rand.Intn(100) > percent (wfe.makeAuthorizations), so about 1 order in 100
+    # still reuses one. See Pebble.authorizations_created().
+    "PEBBLE_AUTHZREUSE": "0",
+}
 
 
 def dns_query_a(server: tuple[str, int], name: str, timeout: float = 0.5) -> list[str]:
@@ -152,17 +201,8 @@ class Pebble:
         self.challtestsrv_management_port = free_port()
         self.ca_file, self.cert_file, self.key_file = make_listener_certificate(workdir / "listener")
         self.config = workdir / "pebble-config.json"
-        self.config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{LOOPBACK}:{self.acme_port}",
-            "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
-            "certificate": str(self.cert_file),
-            "privateKey": str(self.key_file),
-            "httpPort": http_port,
-            # certbot's webroot authenticator only does HTTP-01; nothing listens here.
-            "tlsPort": free_port(),
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }}, indent=2))
+        self.config.write_text(pebble_config(f"{LOOPBACK}:{self.acme_port}", f"{LOOPBACK}:{self.management_port}",
+                                             self.cert_file, self.key_file, http_port, tls_port=free_port()))
         self.dns_process: subprocess.Popen | None = None
         self.process: subprocess.Popen | None = None
         self._ssl_context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -190,12 +230,8 @@ class Pebble:
     def _start_dns(self) -> None:
         with self._log("challtestsrv.log") as log:
             self.dns_process = subprocess.Popen(
-                [self.challtestsrv,
-                 "-dns01", f"{LOOPBACK}:{self.dns_port}",
-                 "-http01", "", "-https01", "", "-tlsalpn01", "",
-                 "-management", f"{LOOPBACK}:{self.challtestsrv_management_port}",
-                 "-defaultIPv4", self.resolve_to,
-                 "-defaultIPv6", ""],  # no AAAA records: everything under test is IPv4 loopback
+                challtestsrv_argv(self.challtestsrv, LOOPBACK, self.dns_port, self.challtestsrv_management_port,
+                                  self.resolve_to),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + 10
         while True:
@@ -211,18 +247,10 @@ class Pebble:
             time.sleep(0.05)
 
     def _start_pebble(self) -> None:
-        env = {**os.environ,
-               "PEBBLE_VA_NOSLEEP": "1",       # validate at once, no random 0-15 s sleep
-               "PEBBLE_WFE_NONCEREJECT": "0",  # never reject a good nonce: deterministic runs
-               # By default pebble reuses a valid authorization for half of new orders, so a renewal
-               # would often skip HTTP-01. 0 is the lowest value it accepts, but not "never": pebble 2.4
-               # makes a new authorization only if rand.Intn(100) > percent (wfe.makeAuthorizations),
-               # so about 1 order in 100 still reuses one. See authorizations_created().
-               "PEBBLE_AUTHZREUSE": "0",
-               }
+        env = {**os.environ, **PEBBLE_ENVIRONMENT}
         with self._log("pebble.log") as log:
             self.process = subprocess.Popen(
-                [self.pebble, "-config", str(self.config), "-dnsserver", f"{LOOPBACK}:{self.dns_port}"],
+                pebble_argv(self.pebble, self.config, f"{LOOPBACK}:{self.dns_port}"),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         wait_for_port(self.acme_port, timeout=10)
         deadline = time.monotonic() + 10

@@ -69,13 +69,20 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gitea_stack.rendering import DATA_MOUNT_POINT
 from gitea_stack.versions import DOCKER_PACKAGES
-from tests.harness.acme import dns_query_a
+from tests.harness.acme import (
+    PEBBLE_ENVIRONMENT,
+    challtestsrv_argv,
+    dns_query_a,
+    listener_certificate,
+    new_listener_ca,
+    pebble_argv,
+    pebble_config,
+)
 from tests.harness.tools import require_root, require_tool
 
 CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
@@ -158,10 +165,6 @@ def _wait_for(what: str, ready: Callable[[], bool], timeout: float, log: Callabl
 
 # --- certificates -------------------------------------------------------------------------------------
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def persistent_listener_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA of pebble's HTTPS listener: made once in `directory`, then reused (images trust it)."""
     ca_file, key_file = directory / "ca.pem", directory / "ca-key.pem"
@@ -171,59 +174,17 @@ def persistent_listener_ca(directory: Path) -> tuple[x509.Certificate, ec.Ellipt
             key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
             assert isinstance(key, ec.EllipticCurvePrivateKey)
             return cert, key
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gitea-stack testbed pebble listener CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = new_listener_ca("gitea-stack testbed pebble listener CA", days=3650)
     directory.mkdir(parents=True, exist_ok=True)
-    key_tmp = directory / "ca-key.pem.tmp"
+    # Written aside, then renamed: a crashed run never leaves a CA without its key.
+    key_tmp, ca_tmp = directory / "ca-key.pem.tmp", directory / "ca.pem.tmp"
     key_tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     key_tmp.chmod(0o600)
-    ca_tmp = directory / "ca.pem.tmp"
-    ca_tmp.write_bytes(_pem(cert))
+    ca_tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_tmp.replace(key_file)
     ca_tmp.replace(ca_file)
     return cert, key
-
-
-def listener_certificate(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, address: str,
-                         directory: Path) -> tuple[Path, Path]:
-    """A short-lived certificate for the testbed's address (and localhost) signed by the listener CA."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-        .issuer_name(ca.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address(address)), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.DNSName("localhost"), x509.DNSName("pebble")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "listener-cert.pem", directory / "listener-key.pem"
-    cert_file.write_bytes(_pem(cert))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return cert_file, key_file
 
 
 # --- shims --------------------------------------------------------------------------------------------
@@ -1014,29 +975,16 @@ class Testbed:
         self.acme_ca_path = CACHE_DIR / "pebble-ca" / "ca.pem"
         self.acme_ca_pem = self.acme_ca_path.read_text()
         pebble_dir = self.run_dir / "pebble"
-        cert_file, key_file = listener_certificate(ca, ca_key, self.address, pebble_dir)
+        cert_file, key_file = listener_certificate(ca, ca_key, [self.address, "127.0.0.1"], ["localhost", "pebble"],
+                                                   pebble_dir, days=7)
         self._ssl_context = ssl.create_default_context(cafile=str(self.acme_ca_path))
         config = pebble_dir / "pebble-config.json"
-        config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{self.address}:{PEBBLE_PORT}",
-            "managementListenAddress": f"{self.address}:{PEBBLE_MANAGEMENT_PORT}",
-            "certificate": str(cert_file),
-            "privateKey": str(key_file),
-            "httpPort": HTTP_PORT,
-            "tlsPort": PEBBLE_TLS_PORT,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }}, indent=2))
-        self._spawn("challtestsrv", [
-            self.tools["pebble-challtestsrv"], "-dns01", f"{self.address}:{DNS_PORT}",
-            "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-management", f"{self.address}:{CHALLTESTSRV_MANAGEMENT_PORT}",
-            "-defaultIPv4", self.address, "-defaultIPv6", ""], cwd=pebble_dir)
-        # As tests/harness/acme.py: validate at once, never reject a good nonce, rarely reuse authzs.
-        env = {**self._inside_env(), "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-               "PEBBLE_AUTHZREUSE": "0"}
-        self._spawn("pebble", [self.tools["pebble"], "-config", str(config),
-                               "-dnsserver", f"{self.address}:{DNS_PORT}"], env=env, cwd=pebble_dir)
+        config.write_text(pebble_config(f"{self.address}:{PEBBLE_PORT}", f"{self.address}:{PEBBLE_MANAGEMENT_PORT}",
+                                        cert_file, key_file, HTTP_PORT, PEBBLE_TLS_PORT))
+        self._spawn("challtestsrv", challtestsrv_argv(self.tools["pebble-challtestsrv"], self.address, DNS_PORT,
+                                                      CHALLTESTSRV_MANAGEMENT_PORT, self.address), cwd=pebble_dir)
+        self._spawn("pebble", pebble_argv(self.tools["pebble"], config, f"{self.address}:{DNS_PORT}"),
+                    env={**self._inside_env(), **PEBBLE_ENVIRONMENT}, cwd=pebble_dir)
 
     def _https_get(self, url: str) -> bytes:
         with urllib.request.urlopen(url, context=self._ssl_context, timeout=5) as response:
