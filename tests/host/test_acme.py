@@ -32,6 +32,7 @@ from cryptography import x509
 from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
 from gitea_stack.settings import parse_settings
 from tests.harness.acme import Pebble
+from tests.harness.bundles import BASE
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
 from tests.harness.tools import require_tool
 
@@ -137,9 +138,7 @@ def stack(tmp_path_factory):
     (root / "webroot").mkdir()
     (root / "pebble").mkdir()
     with Pebble(root / "pebble", http_port=http_port) as pebble:
-        settings = parse_settings({"domain": DOMAIN, "acmeEmail": "ops@example.com",
-                                   "alertEmails": ["ops@example.com"], "sshAllowedCidrs": ["203.0.113.0/24"],
-                                   "acmeServer": pebble.directory_url}, "prod")
+        settings = parse_settings({**BASE, "domain": DOMAIN, "acmeServer": pebble.directory_url}, "prod")
         bundle_dir = root / "bundle"
         write_bundle(render_bundle(settings, layout), bundle_dir)
         nginx = NginxServer(root / "nginx", [bundle_dir / "nginx" / "http.conf"], [http_port])

@@ -35,14 +35,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
 from gitea_stack.settings import parse_settings
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
+from tests.harness.bundles import BASE
 from tests.harness.tools import require_tool
 
-EXAMPLE_SETTINGS = {
-    "domain": "git.example.com",
-    "acmeEmail": "ops@example.com",
-    "alertEmails": ["ops@example.com"],
-    "sshAllowedCidrs": ["203.0.113.0/24"],
-}
+EXAMPLE_SETTINGS = BASE
 DOMAIN = EXAMPLE_SETTINGS["domain"]
 VARIANT_DOMAIN = "code.example.org"
 MIB = 1024 * 1024

@@ -7,10 +7,9 @@ import pytest
 import yaml
 
 from gitea_stack import iam_documents, rendering
-from gitea_stack.settings import parse_settings
+from tests.harness.bundles import variant
 
-SETTINGS = parse_settings({"domain": "git.example.com", "acmeEmail": "ops@example.com",
-                           "alertEmails": ["ops@example.com"], "sshAllowedCidrs": ["203.0.113.0/24"]}, "prod")
+SETTINGS = variant("example")
 
 
 def test_user_data_is_valid_cloud_config_and_deterministic():
