@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gitea_stack.bundle import bundle_tarball, render_bundle  # noqa: E402
-from tests.harness.bundles import variant  # noqa: E402
+from gitea_stack.bundle import bundle_tarball  # noqa: E402
+from tests.harness.bundles import render, variant  # noqa: E402
 from tests.harness.pulumi_mocks import run_program, stack_file_config  # noqa: E402
 
 
@@ -34,11 +34,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     runs = parser.parse_args().runs
     settings = variant("example")
-    rendered = render_bundle(settings)
+    rendered = render(settings)
     config = stack_file_config()
     run_program(config)  # warm imports and provider modules once
     figures = {
-        "render_bundle": median_ms(lambda: render_bundle(settings), runs * 10),
+        "render_bundle": median_ms(lambda: render(settings), runs * 10),
         "bundle_tarball": median_ms(lambda: bundle_tarball(rendered), runs * 10),
         "program under mocks": median_ms(lambda: run_program(config), runs),
     }

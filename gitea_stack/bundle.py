@@ -27,10 +27,21 @@ class HostLayout:
     http_listen: str = "80"
     https_listen: str = "443"
     gitea_upstream: str = "gitea:3000"
+    # Docker's embedded DNS: nginx asks it for gitea's address at request time, so a recreated
+    # container (new address) is found without a reload.
+    dns_resolver: str = "127.0.0.11"
+    # The nginx <-> gitea network has a fixed subnet: Gitea trusts X-Forwarded-For from it alone.
+    frontend_subnet: str = "10.250.0.0/24"
+    # Diun reaches the Docker API through the filtering proxy on this port; the proxy reaches
+    # dockerd's socket at the same path as on the host.
+    docker_socket_proxy_port: int = 2375
+    docker_socket: str = "/var/run/docker.sock"
     # Paths as nginx and certbot see them (inside their containers on the host).
     letsencrypt_dir: str = "/etc/letsencrypt"
     certbot_work_dir: str = "/var/lib/letsencrypt"
     certbot_logs_dir: str = "/var/log/letsencrypt"
+    # certbot's logs on the host (root volume): they outlive each `run --rm` container.
+    certbot_host_logs_dir: str = "/var/log/gitea-stack/letsencrypt"
     acme_webroot: str = "/var/www/certbot"
     # nginx >= 1.25.1 turns HTTP/2 on with `http2 on;`; older ones (Debian 12's 1.22) on `listen`.
     nginx_http2_directive: bool = True
@@ -49,6 +60,9 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "certbot/cli.ini": ("certbot/cli.ini.j2", 0o644),
     "systemd/gitea-stack-certbot-renew.service": ("systemd/gitea-stack-certbot-renew.service.j2", 0o644),
     "systemd/gitea-stack-certbot-renew.timer": ("systemd/gitea-stack-certbot-renew.timer.j2", 0o644),
+    "systemd/docker.service.d/10-gitea-stack.conf": ("systemd/docker.service.d/10-gitea-stack.conf.j2", 0o644),
+    "diun/images.yml": ("diun/images.yml.j2", 0o644),
+    "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
 }
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "renew-certificates.sh", "fetch-secrets.py")
@@ -68,7 +82,12 @@ def diun_labels(service: str) -> str:
     return "\n".join(f"      {key}: '{value}'" for key, value in labels.items())
 
 
-def template_context(settings: Settings, layout: HostLayout) -> dict[str, object]:
+# Services Diun cannot see as running containers (certbot only runs on demand): it watches their
+# images through its file provider instead, with the same rules as the labels above.
+FILE_WATCHED_SERVICES = ("certbot",)
+
+
+def template_context(settings: Settings, memory_mib: int, layout: HostLayout) -> dict[str, object]:
     return {
         "stack": settings.stack,
         "domain": settings.domain,
@@ -80,14 +99,17 @@ def template_context(settings: Settings, layout: HostLayout) -> dict[str, object
         "alert_emails": settings.alert_emails,
         "git_ssh_port": settings.git_ssh_port,
         "images": dict(settings.images),
-        "memory": memory_limits_mib(settings.instance_type),
+        "memory": memory_limits_mib(memory_mib),
         "diun_labels": diun_labels,
+        "file_watched": [{"image": settings.images[service], "include_tags": DIUN_INCLUDE_TAGS[service],
+                          "update_policy": UPDATE_POLICY[service]} for service in FILE_WATCHED_SERVICES],
         "layout": layout,
     }
 
 
-def render_bundle(settings: Settings, layout: HostLayout = PRODUCTION) -> Bundle:
-    context = template_context(settings, layout)
+def render_bundle(settings: Settings, memory_mib: int, layout: HostLayout = PRODUCTION) -> Bundle:
+    """The bundle for `settings` on an instance with `memory_mib` of memory (the limits fit it)."""
+    context = template_context(settings, memory_mib, layout)
     bundle: Bundle = {path: (render_template(template, **context), mode)
                       for path, (template, mode) in TEMPLATES.items()}
     for script in SCRIPTS:

@@ -1,5 +1,7 @@
 """Command line: `python -m gitea_stack render --stack prod --out DIR` writes the exact bundle
-`pulumi up` would copy to the host, from Pulumi.<stack>.yaml, without Pulumi or AWS."""
+`pulumi up` would copy to the host, from Pulumi.<stack>.yaml, without Pulumi. The bundle's memory
+limits follow the instance type's memory, which it asks AWS for (read-only) unless given
+`--instance-memory-mib`."""
 
 from __future__ import annotations
 
@@ -36,6 +38,20 @@ def stack_config(stack_file: Path) -> dict[str, str]:
             if key.startswith(prefix)}
 
 
+def stack_region(stack_file: Path) -> str | None:
+    """The stack's `aws:region`, else the environment's region, else None."""
+    import os
+    return stack_file_values(stack_file).get("aws:region") or os.environ.get("AWS_REGION") \
+        or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def instance_memory_from_aws(instance_type: str, region: str | None) -> int:
+    """The instance type's memory as EC2 describes it (needs read-only AWS credentials)."""
+    import boto3
+    described = boto3.client("ec2", region_name=region).describe_instance_types(InstanceTypes=[instance_type])
+    return int(described["InstanceTypes"][0]["MemoryInfo"]["SizeInMiB"])
+
+
 def render(args: argparse.Namespace) -> int:
     stack_file = Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
     if not stack_file.is_file():
@@ -47,10 +63,44 @@ def render(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"render: {error}", file=sys.stderr)
         return 1
-    written = write_bundle(render_bundle(settings), args.out)
-    print(f"wrote {len(written)} files to {args.out} (stack-facts.env is added by `pulumi up` from the "
-          f"stack's resources)")
+    memory_mib = args.instance_memory_mib
+    if memory_mib is None:
+        try:
+            memory_mib = instance_memory_from_aws(settings.instance_type, stack_region(stack_file))
+        except Exception as error:  # noqa: BLE001 - any failure to ask AWS ends the same way
+            print(f"render: could not ask AWS for the memory of {settings.instance_type} ({error}); pass "
+                  "--instance-memory-mib with the type's memory (e.g. 4096 for t3.medium) to render offline",
+                  file=sys.stderr)
+            return 1
+    written = write_bundle(render_bundle(settings, memory_mib), args.out)
+    print(f"wrote {len(written)} files to {args.out} for a {settings.instance_type} with {memory_mib} MiB "
+          "(stack-facts.env is added by `pulumi up` from the stack's resources)")
     return 0
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {text!r}")
+    return int(text)
+
+
+def preflight(args: argparse.Namespace) -> int:
+    # Imported on use: preflight reads stack files with this module's helpers, and render needs none of it.
+    from gitea_stack.preflight import preflight_command
+    return preflight_command(args)
+
+
+PREFLIGHT_EPILOG = """\
+checks: the instance type (memory, architecture, zones), the hosted zone (exists, public), SES
+(available, sandbox), the Elastic IP quota, every image (exists for the instance's architecture)
+and Docker's apt packages (exist at the pinned versions for Ubuntu 24.04).
+
+exit codes: 0 nothing blocks a first `pulumi up` (warnings allowed), 1 a check failed,
+2 bad usage or stack config.
+
+environment: AWS credentials and AWS_ENDPOINT_URL as boto3 reads them; AWS_REGION or
+AWS_DEFAULT_REGION when the stack file has no aws:region; GITEA_STACK_DOCKER_APT_URL to read
+Docker's apt repository from a mirror (default https://download.docker.com/linux/ubuntu)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     render_parser.add_argument("--out", required=True, help="directory to write the bundle into")
     render_parser.add_argument("--project-dir", default=".", help="where the Pulumi.<stack>.yaml files are")
+    render_parser.add_argument("--instance-memory-mib", type=positive_int,
+                               help="the instance type's memory; without it, render asks AWS (EC2 DescribeInstanceTypes)")
     render_parser.set_defaults(run=render)
+    preflight_parser = commands.add_parser(
+        "preflight", help="check that a first `pulumi up` of a stack can work",
+        description="Checks a stack against AWS and the image and package registries before its first\n"
+                    "`pulumi up`: progress on stderr, a table (or --json) on stdout.",
+        epilog=PREFLIGHT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    preflight_parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
+    preflight_parser.add_argument("--json", action="store_true",
+                                  help="print one JSON document (checks and summary) instead of the table")
+    preflight_parser.add_argument("--project-dir", default=".", help="where the Pulumi.<stack>.yaml files are")
+    preflight_parser.set_defaults(run=preflight)
     args = parser.parse_args(argv)
     return args.run(args)

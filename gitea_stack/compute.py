@@ -16,6 +16,7 @@ import pulumi_tls as tls
 from gitea_stack import iam_documents
 from gitea_stack.rendering import render_user_data
 from gitea_stack.settings import Settings
+from gitea_stack.sizing import InstanceFacts
 from gitea_stack.versions import CANONICAL_AMI_OWNER, UBUNTU_AMI_NAME_PATTERN
 
 DATA_DEVICE_NAME = "/dev/sdf"
@@ -33,6 +34,7 @@ class HostArgs:
     mail_identity_arns: pulumi.Input[list[str]]
     region: str
     partition: str
+    instance: InstanceFacts
 
 
 def find_ubuntu_ami(architecture: str) -> str:
@@ -84,7 +86,7 @@ class GiteaHost(pulumi.ComponentResource):
 
         self.instance = aws.ec2.Instance(
             f"{name}-instance",
-            ami=find_ubuntu_ami(settings.architecture),
+            ami=find_ubuntu_ami(args.instance.architecture),
             instance_type=settings.instance_type,
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[args.security_group_id],

@@ -75,3 +75,71 @@ def deny_insecure_transport(bucket_arn: str) -> Document:
         "Resource": [bucket_arn, f"{bucket_arn}/*"],
         "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     })
+
+
+def bucket_policy(*statement_groups: Document) -> Document:
+    """One bucket policy made of the statements of several documents (S3 takes one policy per bucket)."""
+    return _document(*(statement for group in statement_groups for statement in group["Statement"]))
+
+
+def access_log_delivery(log_bucket_arn: str, source_bucket_arn: str, account_id: str) -> Document:
+    """Lets S3's logging service write the source bucket's access logs into the log bucket, and only that.
+
+    With ACLs disabled (BucketOwnerEnforced), S3 server access logging is granted by bucket policy.
+    """
+    return _document({
+        "Sid": "S3ServerAccessLogsDelivery",
+        "Effect": "Allow",
+        "Principal": {"Service": "logging.s3.amazonaws.com"},
+        "Action": "s3:PutObject",
+        "Resource": f"{log_bucket_arn}/*",
+        "Condition": {
+            "ArnLike": {"aws:SourceArn": source_bucket_arn},
+            "StringEquals": {"aws:SourceAccount": account_id},
+        },
+    })
+
+
+def flow_logs_assume_role(account_id: str, partition: str, region: str) -> Document:
+    """VPC Flow Logs may assume the delivery role, for this account's flow logs only (confused deputy)."""
+    return _document({
+        "Effect": "Allow",
+        "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        "Condition": {
+            "StringEquals": {"aws:SourceAccount": account_id},
+            "ArnLike": {"aws:SourceArn": f"arn:{partition}:ec2:{region}:{account_id}:vpc-flow-log/*"},
+        },
+    })
+
+
+def flow_logs_delivery(log_group_arn: str) -> Document:
+    """What VPC Flow Logs needs to write into its (existing) log group. Nothing else."""
+    return _document({
+        "Sid": "WriteFlowLogs",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+        "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
+    })
+
+
+def log_group_key_policy(account_id: str, partition: str, region: str, log_group_arn: str) -> Document:
+    """KMS key policy: the account administers the key; CloudWatch Logs uses it for one log group only."""
+    return _document(
+        {
+            # Without this statement no IAM policy could ever manage the key again (AWS's default).
+            "Sid": "AccountAdministersTheKey",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Sid": "CloudWatchLogsEncryptsOneLogGroup",
+            "Effect": "Allow",
+            "Principal": {"Service": f"logs.{region}.amazonaws.com"},
+            "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            "Resource": "*",
+            "Condition": {"ArnEquals": {"kms:EncryptionContext:aws:logs:arn": log_group_arn}},
+        },
+    )

@@ -11,10 +11,11 @@ from pulumi.runtime import config as runtime_config
 from gitea_stack.compute import GiteaHost, HostArgs
 from gitea_stack.dns import ForgeDns, find_zone_id
 from gitea_stack.mail import Mail
-from gitea_stack.network import Network
+from gitea_stack.network import AwsAccount, Network
 from gitea_stack.provision import HostConnection, Provisioning, stack_facts
 from gitea_stack.secrets import StackSecrets
 from gitea_stack.settings import NAMESPACE, Settings, SettingsError, parse_settings, qualified
+from gitea_stack.sizing import InstanceFacts, InstanceTypeError, instance_facts
 from gitea_stack.storage import BackupBucket
 
 
@@ -45,14 +46,30 @@ def choose_availability_zone(settings: Settings, region: str) -> str:
     return zones[0]
 
 
+def describe_instance_type(settings: Settings) -> InstanceFacts:
+    """Memory and architecture of the instance type, from AWS rather than guessed from its name.
+
+    Call it after `choose_availability_zone`: a type AWS does not know has no offerings and is
+    reported there, since a failed data-source call cannot be caught in a Pulumi program.
+    """
+    described = aws.ec2.get_instance_type(instance_type=settings.instance_type)
+    try:
+        return instance_facts(settings.instance_type, described.memory_size, described.supported_architectures)
+    except InstanceTypeError as problem:
+        raise pulumi.RunError(f"{qualified('instanceType')}: {problem}") from None
+
+
 def build_stack(settings: Settings) -> dict[str, Any]:
     """Registers the whole estate and returns the stack outputs."""
     region = aws.get_region().region
     partition = aws.get_partition().partition
+    account = AwsAccount(aws.get_caller_identity().account_id, region, partition)
     zone_id = find_zone_id(settings.hosted_zone)
+    availability_zone = choose_availability_zone(settings, region)
+    instance = describe_instance_type(settings)
 
-    network = Network("network", settings, availability_zone=choose_availability_zone(settings, region))
-    backups = BackupBucket("backups", settings)
+    network = Network("network", settings, availability_zone=availability_zone, account=account)
+    backups = BackupBucket("backups", settings, account_id=account.account_id)
     secrets = StackSecrets("secrets", settings)
     mail = Mail("mail", settings, zone_id=zone_id, region=region)
     all_secrets = {**secrets.secrets, "smtp-credentials": mail.smtp_secret}
@@ -65,13 +82,14 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         mail_identity_arns=mail.identity_arns,
         region=region,
         partition=partition,
+        instance=instance,
     ))
     dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
     secret_names = pulumi.Output.all(**{key: secret.name for key, secret in all_secrets.items()})
     facts = pulumi.Output.all(backups.bucket.bucket, secret_names).apply(
         lambda values: stack_facts(region, values[0], values[1]))
     Provisioning(
-        "provision", settings,
+        "provision", settings, instance,
         HostConnection(host=host.public_ip, port=settings.admin_ssh_port, private_key=host.private_key),
         host_identity=host.instance.id, facts=facts,
         # certbot needs the A record before it asks for the first certificate.
@@ -85,6 +103,8 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         "gitCloneHttps": settings.https_clone_url("OWNER", "REPOSITORY"),
         "gitCloneSsh": settings.ssh_clone_url("OWNER", "REPOSITORY"),
         "backupBucket": backups.bucket.bucket,
+        "accessLogBucket": backups.access_logs.bucket.bucket,
+        "flowLogGroup": network.flow_logs.log_group.name,
         "secretNames": secret_names,
         "instanceId": host.instance.id,
         "dataVolumeId": host.data_volume.id,

@@ -20,6 +20,7 @@ from pulumi_command import remote
 from gitea_stack.bundle import PRODUCTION, Bundle, bundle_digest, bundle_tarball, render_bundle
 from gitea_stack.rendering import DATA_MOUNT_POINT, read_script
 from gitea_stack.settings import Settings
+from gitea_stack.sizing import InstanceFacts
 from gitea_stack.versions import DOCKER_PACKAGES
 
 SSH_USER = "ubuntu"
@@ -77,12 +78,12 @@ class HostConnection:
 
 
 class Provisioning(pulumi.ComponentResource):
-    def __init__(self, name: str, settings: Settings, connection: HostConnection,
+    def __init__(self, name: str, settings: Settings, instance: InstanceFacts, connection: HostConnection,
                  host_identity: pulumi.Input[str], facts: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:provision:Provisioning", name, None, opts)
         ssh = connection.args()
-        bundle: Bundle = render_bundle(settings)
+        bundle: Bundle = render_bundle(settings, instance.memory_mib)
         install_script = read_script("install-host.sh")
 
         # A new instance (replacement) starts the chain again; nothing else does.

@@ -33,6 +33,18 @@ RESERVED_GITEA_USERNAMES = frozenset({
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 # nginx owns these on the host, so neither SSH port may take them.
 HTTP_PORTS = (80, 443)
+# Outbound TCP ports the host always has (package mirrors, ACME, AWS APIs, registries, SES SMTP).
+BASE_EGRESS_PORTS = (80, 443, 587)
+# A security group holds 60 rules per direction by default; leave room for the base ones.
+MAX_EXTRA_EGRESS_PORTS = 40
+# Retention periods CloudWatch Logs accepts (PutRetentionPolicy); anything else is refused by AWS.
+CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                             2557, 2922, 3288, 3653)
+# The stack name is part of AWS names: `gitea-stack-<stack>-backups-` must stay within the 37
+# characters S3 allows a bucket name prefix (63 less the 26 the provider appends), in lowercase.
+STACK_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?$")
+STACK_NAME_RULE = ("1 to 16 lowercase letters, digits and hyphens, starting and ending with a letter or digit "
+                   "(it becomes part of AWS names such as the backup bucket gitea-stack-<stack>-backups-...)")
 
 
 class SettingsError(ValueError):
@@ -65,11 +77,8 @@ class Settings:
     images: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_IMAGES)))
     acme_server: str = LETS_ENCRYPT_DIRECTORY
     aws_endpoint_url: str = ""
-
-    @property
-    def architecture(self) -> str:
-        """The AMI architecture the instance type runs: Graviton types are arm64."""
-        return instance_architecture(self.instance_type)
+    extra_egress_ports: tuple[int, ...] = ()
+    audit_log_retention_days: int = 365
 
     @property
     def tags(self) -> dict[str, str]:
@@ -103,7 +112,6 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 _INSTANCE_TYPE = re.compile(
     r"^(?P<family>[a-z]+\d+[a-z0-9-]*)\.(?P<size>nano|micro|small|medium|large|\d*xlarge|metal(-\d+xl)?)$"
 )
-_FAMILY = re.compile(r"^(?P<prefix>[a-z]+)(?P<generation>\d+)(?P<suffix>[a-z0-9-]*)$")
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _IMAGE_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -217,15 +225,6 @@ def parse_instance_type(value: Any) -> str:
     return value.strip()
 
 
-def instance_architecture(instance_type: str) -> str:
-    family = instance_type.split(".")[0]
-    match = _FAMILY.match(family)
-    # Graviton families carry a "g" after the generation (t4g, m7g, c7gn, im4gn); a1 is Graviton 1.
-    if family == "a1" or (match and "g" in match["suffix"]):
-        return "arm64"
-    return "x86_64"
-
-
 def parse_username(value: Any) -> str:
     expected = "a Gitea user name: 1-40 letters, digits, '-', '_' or '.', starting with a letter or digit"
     if not isinstance(value, str) or not _USERNAME.match(value) or re.search(r"[-._]{2,}|[-._]$", value):
@@ -269,6 +268,38 @@ def parse_acme_server(value: Any) -> str:
 
 def parse_endpoint_url(value: Any) -> str:
     return _parse_url(value, ("http", "https"), "an http(s) URL of an AWS API endpoint, without credentials")
+
+
+def parse_extra_egress_ports(value: Any) -> tuple[int, ...]:
+    expected = (f"a list of up to {MAX_EXTRA_EGRESS_PORTS} TCP ports, such as [22, 9418] for pull mirrors "
+                "over SSH and git://")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(expected) from None
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_EXTRA_EGRESS_PORTS:
+        raise ValueError(expected)
+    ports = []
+    for item in value:
+        port = _parse_int(item, 1, 65535, f"{expected}; {item!r} is not a port from 1 to 65535")
+        if port in BASE_EGRESS_PORTS:
+            raise ValueError(f"{expected}; {port} is always open (80, 443 and 587 are)")
+        if port in ports:
+            raise ValueError(f"{expected}; {port} is listed twice")
+        ports.append(port)
+    return tuple(sorted(ports))
+
+
+def parse_cloudwatch_retention(value: Any) -> int:
+    allowed = ", ".join(str(days) for days in CLOUDWATCH_RETENTION_DAYS)
+    expected = f"a number of days CloudWatch Logs accepts: {allowed}"
+    days = _parse_int(value, 1, CLOUDWATCH_RETENTION_DAYS[-1], expected)
+    if days not in CLOUDWATCH_RETENTION_DAYS:
+        lower = max(d for d in CLOUDWATCH_RETENTION_DAYS if d < days)
+        higher = min(d for d in CLOUDWATCH_RETENTION_DAYS if d > days)
+        raise ValueError(f"{expected} (the nearest are {lower} and {higher})")
+    return days
 
 
 def parse_images(value: Any) -> Mapping[str, str]:
@@ -322,6 +353,8 @@ KEYS: tuple[Key, ...] = (
     Key("images", "images", parse_images, MappingProxyType(dict(DEFAULT_IMAGES))),
     Key("acmeServer", "acme_server", parse_acme_server, LETS_ENCRYPT_DIRECTORY),
     Key("awsEndpointUrl", "aws_endpoint_url", parse_endpoint_url, ""),
+    Key("extraEgressPorts", "extra_egress_ports", parse_extra_egress_ports, ()),
+    Key("auditLogRetentionDays", "audit_log_retention_days", parse_cloudwatch_retention, 365),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 
@@ -337,6 +370,8 @@ def _describe(value: Any) -> str:
 def parse_settings(raw: Mapping[str, Any], stack: str) -> Settings:
     """Builds Settings from the stack's `gitea-stack:*` values (keys without the namespace)."""
     problems: list[str] = []
+    if not STACK_NAME.match(stack):
+        problems.append(f"stack name: expected {STACK_NAME_RULE}, got {stack!r}")
     for unknown in sorted(set(raw) - set(KEY_NAMES)):
         close = difflib.get_close_matches(unknown, KEY_NAMES, n=1)
         hint = f"did you mean {qualified(close[0])}?" if close else f"known keys: {', '.join(KEY_NAMES)}"

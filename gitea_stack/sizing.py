@@ -1,38 +1,53 @@
-"""Container memory limits that fit the instance (pure).
+"""What the instance type really is, as AWS describes it, and container memory limits that fit it (pure).
 
-EC2 memory follows a pattern: a general-purpose `medium` has 4 GiB and each size step doubles it;
-compute-optimised families have half as much, memory-optimised twice. The estimate only sets caps
-so one runaway service cannot starve the others; it never reserves memory.
+The program asks AWS (`ec2.get_instance_type`) for the type's memory and CPU architectures;
+`instance_facts` turns that answer into `InstanceFacts`, refusing types too small for the forge.
+The limits only set caps so one runaway service cannot starve the others; they never reserve memory.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-_SIZE_GIB = {"nano": 0.5, "micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16}
-_FAMILY_FACTOR = {"c": 0.5, "r": 2, "x": 4, "z": 2}
+# Below this, PostgreSQL, Gitea and the rest do not fit next to the kernel and dockerd.
+MIN_MEMORY_MIB = 2048
 # Left to the kernel, sshd, dockerd and the page cache PostgreSQL relies on.
 HOST_RESERVE_MIB = 768
 # Share of the rest each service may grow to; small fixed caps for the small services.
 SHARES = {"gitea": 0.45, "postgres": 0.35}
-FIXED_MIB = {"nginx": 256, "certbot": 256, "diun": 128}
+FIXED_MIB = {"nginx": 256, "certbot": 256, "diun": 128, "docker-socket-proxy": 64}
 
 
-def instance_memory_mib(instance_type: str) -> int:
-    family, size = instance_type.split(".", 1)
-    match = re.fullmatch(r"(\d*)xlarge", size)
-    if size in _SIZE_GIB:
-        gib = _SIZE_GIB[size]
-    elif match:
-        gib = 16 * int(match[1] or 1)
-    else:  # metal sizes: at least as large as the biggest virtual size we know of
-        gib = 16 * 24
-    if not family.startswith("t"):
-        gib *= _FAMILY_FACTOR.get(family[0], 1)
-    return int(gib * 1024)
+class InstanceTypeError(ValueError):
+    """The instance type cannot run the forge; the message says why and what was expected."""
 
 
-def memory_limits_mib(instance_type: str) -> dict[str, int]:
-    available = max(instance_memory_mib(instance_type) - HOST_RESERVE_MIB, 512)
+@dataclass(frozen=True)
+class InstanceFacts:
+    """The instance type as AWS describes it."""
+    instance_type: str
+    memory_mib: int
+    architecture: str  # as EC2 names it: "x86_64" or "arm64"
+
+
+def instance_facts(instance_type: str, memory_mib: int, supported_architectures: Iterable[str]) -> InstanceFacts:
+    """InstanceFacts from AWS's description of a type; InstanceTypeError if the forge cannot run on it."""
+    architectures = set(supported_architectures)
+    # Graviton types list arm64 only; x86 types list x86_64 (some also i386).
+    architecture = "arm64" if "arm64" in architectures else "x86_64" if "x86_64" in architectures else None
+    if architecture is None:
+        raise InstanceTypeError(
+            f"{instance_type} runs {', '.join(sorted(architectures)) or 'no listed architecture'}; expected an "
+            "instance type for x86_64 or arm64 (Ubuntu 24.04 images exist for those)")
+    if memory_mib < MIN_MEMORY_MIB:
+        raise InstanceTypeError(
+            f"{instance_type} has {memory_mib} MiB of memory; expected at least {MIN_MEMORY_MIB} MiB "
+            "(PostgreSQL, Gitea, nginx and the host need it), such as t3.small or t4g.small")
+    return InstanceFacts(instance_type, int(memory_mib), architecture)
+
+
+def memory_limits_mib(memory_mib: int) -> dict[str, int]:
+    available = max(memory_mib - HOST_RESERVE_MIB, 512)
     limits = {service: max(int(available * share), 256) for service, share in SHARES.items()}
     return {**limits, **FIXED_MIB}

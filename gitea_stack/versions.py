@@ -11,6 +11,8 @@ DEFAULT_IMAGES: dict[str, str] = {
     "nginx": "docker.io/library/nginx:1.30.1-alpine",
     "certbot": "docker.io/certbot/certbot:v5.8.0",
     "diun": "docker.io/crazymax/diun:4.33.0",
+    # Stands between Diun and the Docker socket, letting through only the read calls Diun makes.
+    "docker-socket-proxy": "docker.io/library/haproxy:3.2.21-alpine",
 }
 
 # Ubuntu 24.04 LTS images are published by Canonical under this AWS account.
@@ -25,6 +27,7 @@ DIUN_INCLUDE_TAGS: dict[str, str] = {
     "nginx": r"^1\.\d*[02468]\.\d+-alpine$",
     "certbot": r"^v\d+\.\d+\.\d+$",
     "diun": r"^4\.\d+\.\d+$",
+    "docker-socket-proxy": r"^3\.2\.\d+-alpine$",  # the 3.2 LTS line
 }
 
 # Who may apply an update without an operator: low-risk, stateless services only.
@@ -34,6 +37,7 @@ UPDATE_POLICY: dict[str, str] = {
     "nginx": "auto",
     "certbot": "auto",
     "diun": "auto",
+    "docker-socket-proxy": "auto",
 }
 
 # Host packages from Docker's apt repository for Ubuntu 24.04 (noble), installed by install-host.sh.

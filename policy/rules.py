@@ -309,6 +309,116 @@ def _covers_bucket_and_objects(arns: list[str], bucket_name: Any) -> bool:
     return False
 
 
+BUCKET_LOGGING_TYPES = frozenset({"aws:s3/bucketLogging:BucketLogging", "aws:s3/bucketLoggingV2:BucketLoggingV2"})
+
+
+def _names_bucket(value: Any, bucket: Resource) -> Any:
+    """True/False if `value` (a bucket name property) does or does not name `bucket`; UNKNOWN if either is unknown."""
+    bucket_name = bucket.props.get("bucket")
+    if value is UNKNOWN or bucket_name is UNKNOWN or not isinstance(bucket_name, str):
+        return UNKNOWN
+    return value == bucket_name
+
+
+def _linked_logging(logging: Resource, bucket: Resource) -> bool:
+    """True if a BucketLogging concerns `bucket`, as its source or as its target (by dependency or name)."""
+    if bucket.urn in logging.dependencies:
+        return True
+    name = bucket.props.get("bucket")
+    return isinstance(name, str) and name in (logging.props.get("bucket"), logging.props.get("targetBucket"))
+
+
+def check_s3_access_logging(resources: Sequence[Resource], config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every bucket logs its requests into another bucket, except the buckets that receive logs."""
+    loggings = [r for r in resources if r.type in BUCKET_LOGGING_TYPES]
+    found = []
+    for bucket in (r for r in resources if r.type in BUCKET_TYPES):
+        linked = [logging for logging in loggings if _linked_logging(logging, bucket)]
+        # A log bucket logging into itself would log its own log writes forever: receiving another
+        # bucket's logs exempts it.
+        receives_logs = _any3(
+            _all3([_names_bucket(logging.props.get("targetBucket"), bucket),
+                   _negate(_names_bucket(logging.props.get("bucket"), bucket))])
+            for logging in linked)
+        logs_elsewhere = _any3(
+            _all3([_names_bucket(logging.props.get("bucket"), bucket),
+                   _negate(_names_bucket(logging.props.get("targetBucket"), bucket))])
+            for logging in linked)
+        if not linked or (receives_logs is False and logs_elsewhere is False):
+            found.append((bucket.urn, f"bucket '{bucket.name}' has no BucketLogging writing its access logs "
+                                      "to a separate log bucket"))
+    return found
+
+
+def _negate(verdict: Any) -> Any:
+    return UNKNOWN if verdict is UNKNOWN else not verdict
+
+
+# --- VPC ---------------------------------------------------------------------------------------------
+
+VPC_TYPE = "aws:ec2/vpc:Vpc"
+FLOW_LOG_TYPE = "aws:ec2/flowLog:FlowLog"
+DEFAULT_SECURITY_GROUP_TYPE = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
+
+
+def _belongs_to_vpc(resource: Resource, vpc: Resource) -> bool:
+    if vpc.urn in resource.dependencies:
+        return True
+    vpc_id, own = resource.props.get("vpcId"), vpc.props.get("id")
+    return isinstance(vpc_id, str) and isinstance(own, str) and vpc_id == own
+
+
+def _vpc_requirement(resource_type: str, complies: Callable[[Resource], Any], expectation: str) -> StackCheck:
+    """A stack check: every VPC has a resource of `resource_type` that `complies` (True/False/UNKNOWN)."""
+    def check(resources: Sequence[Resource], config: Mapping[str, Any]) -> list[tuple[str, str]]:
+        found = []
+        for vpc in (r for r in resources if r.type == VPC_TYPE):
+            linked = [r for r in resources if r.type == resource_type and _belongs_to_vpc(r, vpc)]
+            if _any3(complies(r) for r in linked) is False:
+                names = ", ".join(f"'{r.name}'" for r in linked)
+                detail = f" ({names} does not comply)" if linked else ""
+                found.append((vpc.urn, f"VPC '{vpc.name}' has no {expectation}{detail}"))
+        return found
+    return check
+
+
+def _logs_all_traffic(flow_log: Resource) -> Any:
+    return _equals(flow_log.props.get("trafficType"), "ALL")
+
+
+def _has_no_rules(group: Resource) -> Any:
+    # An adopted default security group loses every rule it is not given.
+    rules = [_as_list(group.props.get(direction)) for direction in ("ingress", "egress")]
+    if any(r is UNKNOWN for r in rules):
+        return UNKNOWN
+    return all(r == [] for r in rules)
+
+
+# --- CloudWatch Logs and KMS ----------------------------------------------------------------------------
+
+LOG_GROUP_TYPE = "aws:cloudwatch/logGroup:LogGroup"
+KMS_KEY_TYPE = "aws:kms/key:Key"
+
+
+def check_log_group_encrypted_and_expiring(resource: Resource, config: Mapping[str, Any]) -> list[str]:
+    if resource.type != LOG_GROUP_TYPE:
+        return []
+    messages = []
+    key = resource.props.get("kmsKeyId")
+    if key is not UNKNOWN and not (isinstance(key, str) and key):
+        messages.append(f"{resource.label} is not encrypted with a KMS key of the stack: set kmsKeyId")
+    retention = resource.props.get("retentionInDays")
+    if retention is not UNKNOWN and _is_positive(retention) is False:
+        messages.append(f"{resource.label} keeps its logs forever (retentionInDays {retention!r}): set a retention")
+    return messages
+
+
+def check_kms_key_rotation(resource: Resource, config: Mapping[str, Any]) -> list[str]:
+    if resource.type == KMS_KEY_TYPE and _equals(resource.props.get("enableKeyRotation"), True) is False:
+        return [f"{resource.label} is not rotated: set enableKeyRotation=True"]
+    return []
+
+
 # --- EBS and EC2 ------------------------------------------------------------------------------------
 
 VOLUME_TYPE = "aws:ebs/volume:Volume"
@@ -573,6 +683,10 @@ TAGGABLE_TYPES = frozenset({
     "aws:secretsmanager/secret:Secret",
     "aws:sesv2/emailIdentity:EmailIdentity",
     "aws:cloudwatch/metricAlarm:MetricAlarm",
+    "aws:cloudwatch/logGroup:LogGroup",
+    "aws:ec2/flowLog:FlowLog",
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
+    "aws:kms/key:Key",
 })
 
 
@@ -624,6 +738,23 @@ RULES: tuple[Rule, ...] = (
          "stack", _bucket_requirement(LIFECYCLE_TYPES, _lifecycle_complete,
                                       "BucketLifecycleConfiguration with enabled rules expiring noncurrent "
                                       "versions and aborting incomplete multipart uploads")),
+    Rule("s3-access-logging",
+         "Every S3 bucket that does not itself receive access logs has a BucketLogging writing its "
+         "server access logs to another bucket.",
+         "stack", check_s3_access_logging),
+    Rule("vpc-flow-logs",
+         "Every VPC has a FlowLog recording ALL traffic.",
+         "stack", _vpc_requirement(FLOW_LOG_TYPE, _logs_all_traffic, "FlowLog recording ALL traffic")),
+    Rule("vpc-default-security-group-closed",
+         "Every VPC's default security group is managed (DefaultSecurityGroup) with no ingress and no egress rule.",
+         "stack", _vpc_requirement(DEFAULT_SECURITY_GROUP_TYPE, _has_no_rules,
+                                   "DefaultSecurityGroup without any ingress or egress rule")),
+    Rule("log-group-encrypted-and-expiring",
+         "Every CloudWatch log group is encrypted with a KMS key (kmsKeyId) and has a retention.",
+         "resource", check_log_group_encrypted_and_expiring),
+    Rule("kms-key-rotation",
+         "Every KMS key has automatic rotation enabled.",
+         "resource", check_kms_key_rotation),
     Rule("ebs-encrypted",
          "Every EBS volume is encrypted.",
          "resource", check_ebs_encrypted),

@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
 # Converges the host to its bundle: secrets from Secrets Manager into 0600 files, images, services,
-# the first certificate through the HTTP-01 webroot, HTTPS, the first admin user; then waits until
-# every service is healthy. Run by `pulumi up` after it copies the bundle; safe to run by hand.
-# Idempotent: a second run changes nothing. A change to one service's files recreates or reloads
-# that service only (an nginx change never restarts gitea or postgres).
+# the database role, the first certificate through the HTTP-01 webroot, HTTPS, the first admin user;
+# then waits until every service is healthy. Run by `pulumi up` after it copies the bundle; safe to
+# run by hand. Idempotent: a second run changes nothing. A change to one service's files recreates or
+# reloads that service only (an nginx change never restarts gitea or postgres).
+# Rotated secrets are applied where they live: the database password with ALTER ROLE, the admin
+# password through Gitea's API. A changed Gitea secret key is refused: Gitea's encrypted data (2FA
+# secrets, OAuth2 and push-mirror credentials) can only be read with the key it was written with.
+# A changed acmeServer gets a certificate from the new ACME server.
 #
 # Usage: deploy.sh [--help]
 # Environment: AWS_ENDPOINT_URL (optional) another AWS API endpoint, as boto3 reads it;
 #              HEALTH_TIMEOUT_SECONDS (default 600); MIN_FREE_MIB (default 1024).
 # Exit codes: 0 converged and healthy; 1 a step failed: it is logged, and what runs keeps running.
 set -euo pipefail
-case "${1:-}" in -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 load_env_file "$GITEA_STACK_DIR/settings.env"
 load_env_file "$GITEA_STACK_DIR/stack-facts.env"
 
+SERVICES=(postgres gitea nginx docker-socket-proxy diun)
 # Owners of each service's secret files: the user each image runs as.
 declare -A SECRET_OWNER=([postgres]=999 [gitea]=1000 [diun]=0 [host]=0)
 declare -A SECRETS_OF=(
   [postgres]="postgres-password"
   [gitea]="postgres-password gitea-secret-key gitea-internal-token metrics-token smtp-host smtp-port smtp-username smtp-password"
   [diun]="smtp-username smtp-password"
-  [host]="gitea-admin-password restic-password runner-registration-token"
+  [host]="restic-password runner-registration-token"
 )
+# Services that read their secret files when they start: a change recreates them. PostgreSQL reads
+# its password file only when it creates a cluster; sync_database_role applies a new one.
+RECREATED_ON_SECRET_CHANGE=" gitea diun "
+ADMIN_PASSWORD_FILE="$GITEA_STACK_DIR/secrets/host/gitea-admin-password"
+# Fingerprint of the secret key the forge's data was encrypted with; on the data volume, so it
+# outlives the instance.
+SECRET_KEY_FINGERPRINT="$DATA_DIR/state/gitea-secret-key.sha256"
 RESTART_SERVICES=()
 NGINX_CHANGED=false
 
@@ -36,9 +48,14 @@ check_free_space() {
 }
 
 prepare_directories() {
-  install -d -m 0755 "$DATA_DIR/letsencrypt" "$DATA_DIR/acme-webroot" "$DATA_DIR/diun"
-  install -d -m 0700 -o 999 -g 999 "$DATA_DIR/postgres"
-  install -d -m 0750 -o 1000 -g 1000 "$DATA_DIR/gitea" "$DATA_DIR/gitea/data" "$DATA_DIR/gitea/config"
+  install -d -m 0755 "$DATA_DIR/letsencrypt" "$DATA_DIR/acme-webroot" "$DATA_DIR/diun" "$CERTBOT_LOGS_DIR"
+  install -d -m 0700 "$DATA_DIR/state"
+  # 0755, not 0700: images whose postgres user is not 999 (Alpine's is 70) must reach PGDATA below
+  # it, which the image's entrypoint makes 0700 and gives to its own postgres user.
+  install -d -m 0755 -o 999 -g 999 "$DATA_DIR/postgres"
+  install -d -m 0750 -o 1000 -g 1000 "$DATA_DIR/gitea" "$DATA_DIR/gitea/data"
+  # app.ini holds the database and SMTP passwords: only Gitea's user may enter its directory.
+  install -d -m 0700 -o 1000 -g 1000 "$DATA_DIR/gitea/config"
   install -d -m 0755 "$GITEA_STACK_DIR/runtime" "$GITEA_STACK_DIR/runtime/nginx"
   install -d -m 0711 "$GITEA_STACK_DIR/secrets"
 }
@@ -52,13 +69,27 @@ install_if_changed() {
   install -o "$owner" -g "$owner" -m "$mode" "$source" "$target"
 }
 
+fingerprint() { sha256sum <"$1" | cut -d ' ' -f 1; }
+
+# Gitea cannot rotate its SECRET_KEY: data it encrypted with the old key would be unreadable.
+refuse_a_changed_secret_key() {
+  local staged=$STAGING_DIR/gitea-secret-key
+  if [ -s "$SECRET_KEY_FINGERPRINT" ] && [ "$(fingerprint "$staged")" != "$(cat "$SECRET_KEY_FINGERPRINT")" ]; then
+    die "gitea-secret-key in Secrets Manager ($SECRET_GITEA_SECRET_KEY) is not the key this forge's data" \
+      "was encrypted with; Gitea cannot rotate it (2FA secrets and stored credentials would become" \
+      "unreadable), so nothing was changed. Put the previous value back (it is the secret's AWSPREVIOUS" \
+      "version: aws secretsmanager get-secret-value --version-stage AWSPREVIOUS) and run pulumi up again"
+  fi
+}
+
 install_secrets() {
   local staging service key changed
   staging=$(mktemp -d "$GITEA_STACK_DIR/secrets/.staging.XXXXXX")
   STAGING_DIR=$staging
-  # Everything is fetched before anything is replaced: a missing secret changes nothing.
+  # Everything is fetched and checked before anything is replaced: a missing secret changes nothing.
   python3 "$GITEA_STACK_DIR/scripts/fetch-secrets.py" "$GITEA_STACK_DIR/stack-facts.env" "$staging" \
     || die "could not fetch the stack's secrets; nothing was changed"
+  refuse_a_changed_secret_key
   for service in "${!SECRETS_OF[@]}"; do
     install -d -m 0700 -o "${SECRET_OWNER[$service]}" -g "${SECRET_OWNER[$service]}" \
       "$GITEA_STACK_DIR/secrets/$service"
@@ -69,8 +100,11 @@ install_secrets() {
         changed=true
       fi
     done
-    if [ "$changed" = true ] && [ "$service" != host ]; then RESTART_SERVICES+=("$service"); fi
+    if [ "$changed" = true ] && [[ $RECREATED_ON_SECRET_CHANGE == *" $service "* ]]; then
+      RESTART_SERVICES+=("$service")
+    fi
   done
+  [ -s "$SECRET_KEY_FINGERPRINT" ] || fingerprint "$staging/gitea-secret-key" >"$SECRET_KEY_FINGERPRINT"
   local smtp_env="$staging/diun-smtp.env"
   printf 'DIUN_NOTIF_MAIL_HOST=%s\nDIUN_NOTIF_MAIL_PORT=%s\n' \
     "$(cat "$staging/smtp-host")" "$(cat "$staging/smtp-port")" >"$smtp_env"
@@ -80,6 +114,11 @@ install_secrets() {
 }
 
 certificate_exists() { [ -s "$DATA_DIR/letsencrypt/live/$DOMAIN/fullchain.pem" ]; }
+
+# The ACME server the current certificate came from, as certbot recorded it.
+certificate_server() {
+  sed -n 's/^server *= *//p' "$DATA_DIR/letsencrypt/renewal/$DOMAIN.conf" 2>/dev/null || true
+}
 
 # http.conf always; https.conf only once the certificate exists (bootstrap mode before that).
 enable_nginx_configs() {
@@ -97,7 +136,7 @@ pull_missing_images() {
   local image missing=()
   while read -r image; do
     docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
-  done < <(compose --profile tools config | sed -n 's/^ *image: *//p' | sort -u)
+  done < <(compose --profile tools config --images | sort -u)
   if [ ${#missing[@]} -gt 0 ]; then
     log "pulling ${missing[*]}"
     compose --profile tools pull --quiet || die "could not pull ${missing[*]}"
@@ -109,50 +148,6 @@ reload_nginx() {
   compose exec -T nginx nginx -s reload
 }
 
-obtain_first_certificate() {
-  certificate_exists && return 0
-  log "requesting the first certificate for $DOMAIN"
-  compose run --rm --no-deps certbot certonly --domain "$DOMAIN" --cert-name "$DOMAIN" \
-    || die "certbot could not obtain a certificate for $DOMAIN (is its DNS pointing here?)"
-  rm -f "$DATA_DIR/letsencrypt/renewed"
-  enable_nginx_configs
-  reload_nginx
-}
-
-create_admin_user() {
-  local listed output temporary password
-  listed=$(compose exec -T gitea gitea admin user list --admin) || die "could not list Gitea's administrators"
-  if awk 'NR > 1 { print $2 }' <<<"$listed" | grep -qxF "$ADMIN_USERNAME"; then
-    return 0
-  fi
-  log "creating the Gitea administrator $ADMIN_USERNAME"
-  output=$(compose exec -T gitea gitea admin user create --admin --username "$ADMIN_USERNAME" \
-    --email "$ADMIN_EMAIL" --random-password --must-change-password=false) \
-    || die "Gitea refused to create $ADMIN_USERNAME"
-  temporary=$(sed -n "s/^generated random password is '\(.*\)'\$/\1/p" <<<"$output")
-  [ -n "$temporary" ] || die "Gitea did not report the temporary password of $ADMIN_USERNAME"
-  password=$(<"$GITEA_STACK_DIR/secrets/host/gitea-admin-password")
-  # The stack's password replaces the temporary one through the API. curl reads credentials and
-  # body from its standard input, so no password ever stands on a command line.
-  printf '%s\n' "user = \"$ADMIN_USERNAME:$temporary\"" 'request = "PATCH"' \
-    'header = "Content-Type: application/json"' \
-    "data = \"{\\\"login_name\\\":\\\"$ADMIN_USERNAME\\\",\\\"source_id\\\":0,\\\"password\\\":\\\"$password\\\",\\\"must_change_password\\\":false}\"" \
-    "url = \"http://localhost:3000/api/v1/admin/users/$ADMIN_USERNAME\"" \
-    'fail' 'silent' 'show-error' 'output = "/dev/null"' \
-    | compose exec -T gitea curl --config - || die "could not set the password of $ADMIN_USERNAME"
-}
-
-install_systemd_units() {
-  local unit changed=false
-  for unit in "$GITEA_STACK_DIR"/systemd/*; do
-    if install_if_changed "/etc/systemd/system/${unit##*/}" "$unit" 0 0644; then changed=true; fi
-  done
-  if [ "$changed" = true ]; then
-    systemctl daemon-reload
-    systemctl enable --now gitea-stack-certbot-renew.timer
-  fi
-}
-
 service_state() {
   local container
   container=$(compose ps --quiet "$1")
@@ -160,11 +155,12 @@ service_state() {
   docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container"
 }
 
+# Waits until each named service is healthy (or running, if it has no healthcheck).
 wait_until_healthy() {
   local deadline=$((SECONDS + ${HEALTH_TIMEOUT_SECONDS:-600})) service state waiting
   while :; do
     waiting=()
-    for service in postgres gitea nginx diun; do
+    for service in "$@"; do
       state=$(service_state "$service")
       [ "$state" = healthy ] || [ "$state" = running ] || waiting+=("$service=$state")
     done
@@ -172,6 +168,112 @@ wait_until_healthy() {
     if [ "$SECONDS" -ge "$deadline" ]; then die "not healthy in time: ${waiting[*]}"; fi
     sleep 3
   done
+}
+
+# A value as a double-quoted string for a curl config file or JSON: backslashes and quotes escaped.
+quoted() {
+  local value=${1//\\/\\\\}
+  printf '"%s"' "${value//\"/\\\"}"
+}
+
+# Gitea's `gitea` role: owner of the database, no superuser, the password of the stack's secret
+# (set on every converge, so a rotated secret or a cluster restored elsewhere always matches).
+# The cluster's superuser keeps no password: it logs in through the container's local socket only.
+sync_database_role() {
+  local password
+  password=$(<"$GITEA_STACK_DIR/secrets/postgres/postgres-password")
+  password=${password//"'"/"''"}  # an SQL string literal
+  # The SQL goes in on stdin; no statement with the password reaches the server log, even on error.
+  printf '%s\n' 'SET log_min_error_statement = panic;' "SET log_statement = 'none';" \
+    "SELECT 'CREATE ROLE gitea' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gitea') \\gexec" \
+    "ALTER ROLE gitea WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$password';" \
+    'ALTER DATABASE gitea OWNER TO gitea;' \
+    'ALTER ROLE postgres PASSWORD NULL;' \
+    | compose exec -T postgres psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres \
+    >/dev/null || die "could not set up the database role gitea"
+}
+
+obtain_certificate() {
+  local previous renew=()
+  if certificate_exists; then
+    previous=$(certificate_server)
+    if [ -z "$previous" ] || [ "$previous" = "$ACME_SERVER" ]; then return 0; fi
+    log "the certificate for $DOMAIN comes from $previous; requesting one from $ACME_SERVER"
+    renew=(--force-renewal)
+  else
+    log "requesting the first certificate for $DOMAIN"
+  fi
+  compose run --rm --no-deps certbot certonly --domain "$DOMAIN" --cert-name "$DOMAIN" "${renew[@]}" \
+    || die "certbot could not obtain a certificate for $DOMAIN from $ACME_SERVER (is its DNS pointing" \
+      "here? the log is in $CERTBOT_LOGS_DIR); nginx keeps serving what it served"
+  rm -f "$DATA_DIR/letsencrypt/renewed"
+  enable_nginx_configs
+  reload_nginx
+}
+
+# Asks Gitea whether it accepts `password` for the administrator (credentials on stdin, never argv).
+admin_accepts() {
+  printf '%s\n' "user = $(quoted "$ADMIN_USERNAME:$1")" 'url = "http://localhost:3000/api/v1/user"' \
+    'fail' 'silent' 'output = "/dev/null"' | compose exec -T gitea curl --config -
+}
+
+# Sets the administrator's password to $2, authenticating with $1, through the API: curl reads
+# credentials and body from its standard input, so no password ever stands on a command line.
+set_admin_password() {
+  local body
+  body="{\"login_name\":$(quoted "$ADMIN_USERNAME"),\"source_id\":0,\"password\":$(quoted "$2"),\"must_change_password\":false}"
+  printf '%s\n' "user = $(quoted "$ADMIN_USERNAME:$1")" 'request = "PATCH"' \
+    'header = "Content-Type: application/json"' "data = $(quoted "$body")" \
+    "url = \"http://localhost:3000/api/v1/admin/users/$ADMIN_USERNAME\"" \
+    'fail' 'silent' 'show-error' 'output = "/dev/null"' \
+    | compose exec -T gitea curl --config - || die "could not set the password of $ADMIN_USERNAME"
+}
+
+# The first administrator, once; afterwards, a changed gitea-admin-password is applied to it.
+ensure_admin_user() {
+  local listed output temporary staged=$STAGING_DIR/gitea-admin-password
+  listed=$(compose exec -T gitea gitea admin user list --admin) || die "could not list Gitea's administrators"
+  if ! awk 'NR > 1 { print $2 }' <<<"$listed" | grep -qxF "$ADMIN_USERNAME"; then
+    log "creating the Gitea administrator $ADMIN_USERNAME"
+    output=$(compose exec -T gitea gitea admin user create --admin --username "$ADMIN_USERNAME" \
+      --email "$ADMIN_EMAIL" --random-password --must-change-password=false) \
+      || die "Gitea refused to create $ADMIN_USERNAME"
+    temporary=$(sed -n "s/^generated random password is '\(.*\)'\$/\1/p" <<<"$output")
+    [ -n "$temporary" ] || die "Gitea did not report the temporary password of $ADMIN_USERNAME"
+    set_admin_password "$temporary" "$(<"$staged")"
+  elif [ -e "$ADMIN_PASSWORD_FILE" ] && cmp -s "$staged" "$ADMIN_PASSWORD_FILE"; then
+    return 0
+  elif admin_accepts "$(<"$staged")"; then
+    :  # already set (a replaced instance, or set by hand to the stack's value)
+  elif [ -e "$ADMIN_PASSWORD_FILE" ] && admin_accepts "$(<"$ADMIN_PASSWORD_FILE")"; then
+    log "gitea-admin-password changed: setting the new password of $ADMIN_USERNAME"
+    set_admin_password "$(<"$ADMIN_PASSWORD_FILE")" "$(<"$staged")"
+  else
+    die "gitea-admin-password changed, but Gitea accepts neither the new nor the previous value for" \
+      "$ADMIN_USERNAME (was it changed in Gitea?); nothing else was changed. Sign in and set the password to" \
+      "the new value (pulumi stack output adminPassword --show-secrets), then run pulumi up again"
+  fi
+  # Kept only once applied, so an interrupted converge tries again with the previous value.
+  install -o 0 -g 0 -m 0600 "$staged" "$ADMIN_PASSWORD_FILE"
+}
+
+install_systemd_units() {
+  local unit relative changed=false
+  while read -r unit; do
+    relative=${unit#"$GITEA_STACK_DIR/systemd/"}
+    install -d -m 0755 "/etc/systemd/system/$(dirname "$relative")"
+    if install_if_changed "/etc/systemd/system/$relative" "$unit" 0 0644; then changed=true; fi
+  done < <(find "$GITEA_STACK_DIR/systemd" -type f | sort)
+  if [ "$changed" = true ]; then
+    systemctl daemon-reload
+    systemctl enable --now gitea-stack-certbot-renew.timer
+  fi
+}
+
+# Gitea writes app.ini with its default mode at each start; its directory is private anyway.
+protect_app_ini() {
+  local app_ini="$DATA_DIR/gitea/config/app.ini"
+  if [ -f "$app_ini" ]; then chmod 0600 "$app_ini"; fi
 }
 
 # Fetched secrets are staged in a private directory that goes away however the script ends.
@@ -183,16 +285,23 @@ check_free_space
 prepare_directories
 install_secrets
 enable_nginx_configs
+install_systemd_units
 pull_missing_images
+# The database first: Gitea may only connect once its role has the current password.
+compose up --detach postgres >/dev/null
+wait_until_healthy postgres
+sync_database_role
+gitea_before=$(compose ps --quiet gitea)
 # Compose recreates exactly the services whose definition changed; the rest keep running.
-compose up --detach --remove-orphans postgres gitea nginx diun >/dev/null
+compose up --detach --remove-orphans "${SERVICES[@]}" >/dev/null
 for service in "${RESTART_SERVICES[@]}"; do
   log "secrets of $service changed: recreating it"
   compose up --detach --no-deps --force-recreate "$service" >/dev/null
 done
-if [ "$NGINX_CHANGED" = true ]; then reload_nginx; fi
-obtain_first_certificate
-install_systemd_units
-wait_until_healthy
-create_admin_user
+# A new gitea container may have a new address; a reload also drops nginx's cached lookup at once.
+if [ "$NGINX_CHANGED" = true ] || [ "$(compose ps --quiet gitea)" != "$gitea_before" ]; then reload_nginx; fi
+obtain_certificate
+wait_until_healthy "${SERVICES[@]}"
+ensure_admin_user
+protect_app_ini
 log "converged: https://$DOMAIN/"

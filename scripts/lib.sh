@@ -20,15 +20,10 @@ hold_lock() {
   flock --wait "${LOCK_WAIT_SECONDS:-600}" "$lock_fd" || die "another gitea-stack job holds $lock_file"
 }
 
-# `docker compose` (the plugin) when present, else the standalone `docker-compose`.
+# Docker's compose plugin (v2 or later), on this stack's project and compose file.
 compose() {
-  if docker compose version >/dev/null 2>&1; then
-    docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" --file "$GITEA_STACK_DIR/docker-compose.yml" "$@"
-  elif command -v docker-compose >/dev/null 2>&1; then
-    docker-compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" --file "$GITEA_STACK_DIR/docker-compose.yml" "$@"
-  else
-    die "neither 'docker compose' nor 'docker-compose' is installed"
-  fi
+  docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" \
+    --file "$GITEA_STACK_DIR/docker-compose.yml" "$@"
 }
 
 # Loads KEY=value lines (no shell evaluation) from a file into the environment.

@@ -19,8 +19,8 @@ project_dir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$project_dir"
 
 # Debian packages of the host tier, one per tool the tests call.
-debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl docker-compose
-  docker.io openssh-server openssh-client sudo iproute2 mmdebstrap)
+debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
+  docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init)
 
 missing_packages() {
   local package

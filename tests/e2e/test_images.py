@@ -29,9 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gitea_stack.bundle import render_bundle
 from gitea_stack.settings import parse_image_reference
-from tests.harness.bundles import variant
+from tests.harness.bundles import render, variant
 from tests.harness.testbed_images import SERVICES, build_images, image_references, remove_stale_images
 from tests.harness.tools import require_root, require_tool
 
@@ -325,7 +324,7 @@ def test_gitea_cli_creates_and_lists_the_admin_as_deploy_sh_does(docker, gitea):
 
 
 def test_nginx_accepts_the_bundles_sites_and_answers_its_healthcheck(docker, images, tmp_path):
-    bundle = render_bundle(variant("example"))
+    bundle = render(variant("example"))
     conf_d = tmp_path / "conf.d"
     conf_d.mkdir()
     for name in ("http", "https"):
@@ -378,7 +377,7 @@ def test_diun_reads_its_secrets_and_the_docker_socket(docker, images, tmp_path):
                "--volume", f"{docker.socket}:/var/run/docker.sock:ro", images["diun"], "serve")
     wait_until("diun's schedule in its log", lambda: "Cron initialized" in docker.logs(name), timeout=30,
                on_timeout=lambda: docker.logs(name))
-    assert "containers through /var/run/docker.sock" in docker.logs(name)
+    assert "containers through unix:///var/run/docker.sock" in docker.logs(name)
     docker.run("stop", name)
     assert docker.run("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     docker.run("rm", name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from gitea_stack.bundle import PRODUCTION, Bundle, HostLayout, render_bundle
 from gitea_stack.settings import Settings, parse_settings
+from gitea_stack.sizing import InstanceFacts, instance_facts
+from tests.harness.pulumi_mocks import INSTANCE_TYPES
 
 BASE = {"domain": "git.example.com", "acmeEmail": "ops@example.com", "alertEmails": ["ops@example.com"],
         "sshAllowedCidrs": ["203.0.113.0/24"]}
@@ -20,3 +23,14 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 def variant(name: str) -> Settings:
     return parse_settings({**BASE, **VARIANTS[name]}, "prod")
+
+
+def facts(settings: Settings) -> InstanceFacts:
+    """The instance type of `settings` as AWS describes it (the mocks' table)."""
+    memory, architectures = INSTANCE_TYPES[settings.instance_type]
+    return instance_facts(settings.instance_type, memory, architectures)
+
+
+def render(settings: Settings, layout: HostLayout = PRODUCTION) -> Bundle:
+    """The bundle of `settings` on its instance type, as the program renders it."""
+    return render_bundle(settings, facts(settings).memory_mib, layout)

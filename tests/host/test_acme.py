@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
+from gitea_stack.bundle import HostLayout, write_bundle
 from gitea_stack.settings import parse_settings
 from tests.harness.acme import Pebble
-from tests.harness.bundles import BASE
+from tests.harness.bundles import BASE, render
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
 from tests.harness.tools import require_tool
 
@@ -140,7 +140,7 @@ def stack(tmp_path_factory):
     with Pebble(root / "pebble", http_port=http_port) as pebble:
         settings = parse_settings({**BASE, "domain": DOMAIN, "acmeServer": pebble.directory_url}, "prod")
         bundle_dir = root / "bundle"
-        write_bundle(render_bundle(settings, layout), bundle_dir)
+        write_bundle(render(settings, layout), bundle_dir)
         nginx = NginxServer(root / "nginx", [bundle_dir / "nginx" / "http.conf"], [http_port])
         env = {**os.environ,
                "REQUESTS_CA_BUNDLE": str(pebble.ca_file),

@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
+from gitea_stack.bundle import HostLayout, write_bundle
 from gitea_stack.settings import parse_settings
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
-from tests.harness.bundles import BASE
+from tests.harness.bundles import BASE, render
 from tests.harness.tools import require_tool
 
 EXAMPLE_SETTINGS = BASE
@@ -224,7 +224,7 @@ def prepare_site(workdir: Path, domain: str, *, upstream: str) -> Site:
         nginx_http2_directive=supports_http2_directive(nginx),
     )
     bundle_dir = workdir / "bundle"
-    write_bundle(render_bundle(parse_settings({**EXAMPLE_SETTINGS, "domain": domain}, "prod"), layout), bundle_dir)
+    write_bundle(render(parse_settings({**EXAMPLE_SETTINGS, "domain": domain}, "prod"), layout), bundle_dir)
     configs = [bundle_dir / "nginx" / "http.conf", bundle_dir / "nginx" / "https.conf"]
     return Site(domain, workdir, layout, certificate, configs, http_port, https_port)
 

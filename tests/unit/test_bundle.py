@@ -7,36 +7,37 @@ import pytest
 import yaml
 
 from gitea_stack import bundle as bundle_module
-from gitea_stack.bundle import PRODUCTION, HostLayout, bundle_digest, render_bundle
+from gitea_stack.bundle import PRODUCTION, HostLayout, bundle_digest
 from gitea_stack.cli import main as cli_main
-from tests.harness.bundles import VARIANTS, variant
+from tests.harness.bundles import VARIANTS, render, variant
 
 EXPECTED_FILES = {
     "docker-compose.yml", "settings.env", "nginx/http.conf", "nginx/https.conf", "certbot/cli.ini",
     "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/renew-certificates.sh", "scripts/fetch-secrets.py",
+    "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
 
 def compose(settings, layout=PRODUCTION):
-    return yaml.safe_load(render_bundle(settings, layout)["docker-compose.yml"][0])
+    return yaml.safe_load(render(settings, layout)["docker-compose.yml"][0])
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_rendering_is_deterministic(name):
-    first, second = render_bundle(variant(name)), render_bundle(variant(name))
+    first, second = render(variant(name)), render(variant(name))
     assert first == second and bundle_digest(first) == bundle_digest(second)
 
 
 def test_the_bundle_has_every_file_with_its_mode():
-    rendered = render_bundle(variant("example"))
+    rendered = render(variant("example"))
     assert set(rendered) == EXPECTED_FILES
     assert {path for path, (_, mode) in rendered.items() if mode == 0o755} == {
         path for path in EXPECTED_FILES if path.startswith("scripts/")}
 
 
 def test_different_settings_give_different_digests():
-    digests = {bundle_digest(render_bundle(variant(name))) for name in VARIANTS}
+    digests = {bundle_digest(render(variant(name))) for name in VARIANTS}
     assert len(digests) == len(VARIANTS)
 
 
@@ -44,23 +45,23 @@ def test_a_missing_variable_fails_loudly(monkeypatch):
     monkeypatch.setitem(bundle_module.TEMPLATES, "broken.conf", ("nginx/http.conf.j2", 0o644))
     original = bundle_module.template_context
     monkeypatch.setattr(bundle_module, "template_context",
-                        lambda settings, layout: {k: v for k, v in original(settings, layout).items() if k != "domain"})
+                        lambda *args: {k: v for k, v in original(*args).items() if k != "domain"})
     with pytest.raises(jinja2.UndefinedError, match="domain"):
-        render_bundle(variant("example"))
+        render(variant("example"))
 
 
 def test_every_service_is_pinned_limited_logged_and_unprivileged():
     services = compose(variant("example"))["services"]
-    assert set(services) == {"postgres", "gitea", "nginx", "certbot", "diun"}
+    assert set(services) == {"postgres", "gitea", "nginx", "certbot", "diun", "docker-socket-proxy"}
     for name, service in services.items():
         assert ":" in service["image"] and not service["image"].endswith(":latest"), name
         assert service["logging"]["options"] == {"max-size": "10m", "max-file": "5"}, name
-        assert int(service["mem_limit"].removesuffix("m")) >= 128, name
+        assert int(service["mem_limit"].removesuffix("m")) >= 64, name
         assert service["security_opt"] == ["no-new-privileges:true"], name
         assert not service.get("privileged") and service.get("network_mode") != "host", name
         if name != "certbot":
             assert service["restart"] == "unless-stopped", name
-            assert "healthcheck" in services[name] or name == "diun", name
+            assert "healthcheck" in services[name] or name in ("diun", "docker-socket-proxy"), name
 
 
 def test_gitea_is_configured_through_environment_with_secrets_in_files():
@@ -69,16 +70,49 @@ def test_gitea_is_configured_through_environment_with_secrets_in_files():
     assert environment["GITEA__server__ROOT_URL"] == "https://git.example.com/"
     assert environment["GITEA__server__SSH_PORT"] == "2200"
     assert environment["GITEA__service__DISABLE_REGISTRATION"] == "true"
+    assert environment["GITEA__service__ENABLE_NOTIFY_MAIL"] == "true"
     assert environment["GITEA__metrics__ENABLED"] == "true"
     assert environment["GITEA__mailer__PROTOCOL"] == "smtp+starttls"
     secret_keys = [key for key in environment if key.endswith("__FILE")]
-    assert {"GITEA__database__PASSWD__FILE", "GITEA__security__SECRET_KEY__FILE",
-            "GITEA__security__INTERNAL_TOKEN__FILE", "GITEA__mailer__PASSWD__FILE",
-            "GITEA__metrics__TOKEN__FILE"} <= set(secret_keys)
+    assert {"GITEA__database__PASSWD__FILE", "GITEA__mailer__PASSWD__FILE", "GITEA__metrics__TOKEN__FILE"} <= set(
+        secret_keys)
     assert all(environment[key].startswith("/run/gitea-stack/") for key in secret_keys)
     assert gitea["ports"] == ["2200:2222"]
     assert gitea["image"] == "docker.gitea.com/gitea:1.27.4-rootless"
     assert gitea["healthcheck"]["test"][-1] == "http://localhost:3000/api/healthz"
+    assert gitea["stop_grace_period"] == "30s"
+
+
+def test_gitea_reads_its_keys_at_runtime_and_never_writes_them_into_app_ini():
+    environment = compose(variant("example"))["services"]["gitea"]["environment"]
+    for key, file in (("SECRET_KEY", "gitea-secret-key"), ("INTERNAL_TOKEN", "gitea-internal-token")):
+        assert environment[f"GITEA__security__{key}_URI"] == f"file:///run/gitea-stack/{file}"
+        assert environment[f"GITEA__security__{key}"] == ""  # clears a value an older app.ini holds
+        assert f"GITEA__security__{key}__FILE" not in environment
+
+
+def test_gitea_trusts_forwarded_client_addresses_from_nginx_network_only():
+    rendered = compose(variant("example"))
+    subnet = rendered["networks"]["frontend"]["ipam"]["config"][0]["subnet"]
+    environment = rendered["services"]["gitea"]["environment"]
+    assert environment["GITEA__security__REVERSE_PROXY_TRUSTED_PROXIES"] == subnet == PRODUCTION.frontend_subnet
+    assert environment["GITEA__security__REVERSE_PROXY_LIMIT"] == "1"
+    assert rendered["services"]["nginx"]["networks"] == ["frontend"]
+
+
+def test_postgres_stops_cleanly_has_shared_memory_and_is_healthy_only_over_tcp():
+    postgres = compose(variant("example"))["services"]["postgres"]
+    assert postgres["stop_grace_period"] == "60s" and postgres["shm_size"] == "256m"
+    assert "--host=127.0.0.1" in postgres["healthcheck"]["test"]
+    # The superuser is not Gitea's: deploy.sh creates the gitea role as owner of the database.
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    assert postgres["environment"]["POSTGRES_DB"] == "gitea"
+
+
+def test_networks_that_need_no_internet_have_none():
+    networks = compose(variant("example"))["networks"]
+    assert networks["backend"] == {"internal": True} and networks["docker-api"] == {"internal": True}
+    assert not networks["frontend"].get("internal")
 
 
 def test_data_lives_on_the_data_volume():
@@ -87,24 +121,41 @@ def test_data_lives_on_the_data_volume():
     assert "/srv/gitea-stack/gitea/data:/var/lib/gitea" in services["gitea"]["volumes"]
 
 
-def test_only_diun_gets_the_docker_socket_and_read_only():
-    services = compose(variant("example"))["services"]
+def test_only_the_socket_proxy_holds_the_docker_socket_and_only_diun_reaches_the_proxy():
+    rendered = compose(variant("example"))
+    services = rendered["services"]
     holders = {name for name, service in services.items()
                if any("docker.sock" in volume for volume in service.get("volumes", []))}
-    assert holders == {"diun"}
-    assert "/var/run/docker.sock:/var/run/docker.sock:ro" in services["diun"]["volumes"]
+    assert holders == {"docker-socket-proxy"}
+    proxy = services["docker-socket-proxy"]
+    assert proxy["networks"] == ["docker-api"] and proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
+    assert [name for name, service in services.items() if "docker-api" in service.get("networks", [])] == [
+        "docker-socket-proxy", "diun"]
+    assert services["diun"]["environment"]["DIUN_PROVIDERS_DOCKER_ENDPOINT"] == "tcp://docker-socket-proxy:2375"
+    assert "bind :2375" in render(variant("example"))["docker-socket-proxy/haproxy.cfg"][0]
 
 
-def test_diun_watches_each_service_on_its_own_line_by_label_only():
-    services = compose(variant("example"))["services"]
-    assert services["diun"]["environment"]["DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT"] == "false"
-    assert services["diun"]["environment"]["DIUN_WATCH_SCHEDULE"] == "0 4 * * 1"
-    for service in services.values():
+def test_diun_watches_each_running_service_by_label_and_certbot_through_its_file():
+    rendered = render(variant("custom-ports-and-images"))
+    services = yaml.safe_load(rendered["docker-compose.yml"][0])["services"]
+    environment = services["diun"]["environment"]
+    assert environment["DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT"] == "false"
+    assert environment["DIUN_WATCH_SCHEDULE"] == "0 4 * * 1"
+    for name, service in services.items():
+        if name == "certbot":
+            assert "labels" not in service  # run on demand: Diun's Docker provider never sees it
+            continue
         labels = service["labels"]
         assert labels["diun.enable"] == "true" and labels["diun.watch_repo"] == "true"
         assert labels["diun.include_tags"].endswith("$$")  # compose's escape for a literal `$`
     assert services["gitea"]["labels"]["diun.metadata.update_policy"] == "manual"
     assert services["nginx"]["labels"]["diun.metadata.update_policy"] == "auto"
+    assert environment["DIUN_PROVIDERS_FILE_FILENAME"] == "/etc/diun/images.yml"
+    assert "/opt/gitea-stack/diun/images.yml:/etc/diun/images.yml:ro" in services["diun"]["volumes"]
+    (certbot,) = yaml.safe_load(rendered["diun/images.yml"][0])
+    assert certbot == {"name": services["certbot"]["image"], "watch_repo": True, "sort_tags": "semver",
+                       "max_tags": 5, "include_tags": [r"^v\d+\.\d+\.\d+$"],
+                       "metadata": {"update_policy": "auto"}}
 
 
 def test_memory_limits_follow_the_instance_size():
@@ -116,19 +167,19 @@ def test_memory_limits_follow_the_instance_size():
 def test_layout_moves_ports_and_paths_without_editing_output():
     layout = HostLayout(http_listen="127.0.0.1:18080", https_listen="127.0.0.1:18443",
                         letsencrypt_dir="/tmp/le", acme_webroot="/tmp/www", gitea_upstream="127.0.0.1:13000")
-    rendered = render_bundle(variant("example"), layout)
+    rendered = render(variant("example"), layout)
     http, https = rendered["nginx/http.conf"][0], rendered["nginx/https.conf"][0]
     assert "listen 127.0.0.1:18080;" in http and "root /tmp/www;" in http
-    assert "listen 127.0.0.1:18443 ssl;" in https and "proxy_pass http://127.0.0.1:13000;" in https
+    assert "listen 127.0.0.1:18443 ssl;" in https and "set $gitea_upstream 127.0.0.1:13000;" in https
     assert "ssl_certificate /tmp/le/live/git.example.com/fullchain.pem;" in https
 
 
 def test_cli_render_writes_the_bundle_the_program_copies(tmp_path, capsys):
-    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path)]) == 0
+    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path), "--instance-memory-mib", "4096"]) == 0
     from tests.harness.pulumi_mocks import stack_file_config
     from gitea_stack.settings import parse_settings
     config = {k.split(":", 1)[1]: v for k, v in stack_file_config().items() if k.startswith("gitea-stack:")}
-    expected = render_bundle(parse_settings(config, "prod"))
+    expected = render(parse_settings(config, "prod"))
     for path, (content, mode) in expected.items():
         written = tmp_path / path
         assert written.read_text() == content
@@ -145,10 +196,10 @@ def test_cli_render_reports_bad_config(tmp_path, capsys):
 def test_acme_server_and_aws_endpoint_come_from_the_settings():
     from gitea_stack.settings import parse_settings
     from tests.harness.bundles import BASE
-    default = render_bundle(variant("example"))
+    default = render(variant("example"))
     assert "server = https://acme-v02.api.letsencrypt.org/directory\n" in default["certbot/cli.ini"][0]
     assert "AWS_ENDPOINT_URL" not in default["settings.env"][0]
-    custom = render_bundle(parse_settings({**BASE, "acmeServer": "https://acme-staging-v02.api.letsencrypt.org/directory",
+    custom = render(parse_settings({**BASE, "acmeServer": "https://acme-staging-v02.api.letsencrypt.org/directory",
                                            "awsEndpointUrl": "http://192.0.2.2:5000"}, "prod"))
     assert "server = https://acme-staging-v02.api.letsencrypt.org/directory\n" in custom["certbot/cli.ini"][0]
     assert "\nAWS_ENDPOINT_URL=http://192.0.2.2:5000\n" in custom["settings.env"][0]
@@ -158,7 +209,7 @@ def test_the_tarball_is_deterministic_and_keeps_modes():
     import io
     import tarfile
     from gitea_stack.bundle import bundle_tarball
-    rendered = render_bundle(variant("example"))
-    assert bundle_tarball(rendered) == bundle_tarball(render_bundle(variant("example")))
+    rendered = render(variant("example"))
+    assert bundle_tarball(rendered) == bundle_tarball(render(variant("example")))
     with tarfile.open(fileobj=io.BytesIO(bundle_tarball(rendered))) as archive:
         assert {m.name: m.mode for m in archive.getmembers()} == {path: mode for path, (_, mode) in rendered.items()}

@@ -82,8 +82,9 @@ def test_key_pair_is_the_generated_ed25519_key(example_run):
 
 
 def role_policies(run):
+    role = run.named("host-role")
     return {r.name.removeprefix("host-"): json.loads(r.inputs["policy"])
-            for r in run.of_type("aws:iam/rolePolicy:RolePolicy")}
+            for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.property_dependencies["role"] == [role.urn]}
 
 
 def test_role_may_use_this_bucket_only(example_run):
@@ -109,8 +110,18 @@ def test_role_may_send_mail_only_from_the_domain(example_run):
     assert all(arn.startswith("arn:aws:ses:eu-central-1:123456789012:identity/") for arn in statement["Resource"])
 
 
+def test_the_instance_runs_with_the_profile_of_the_role_that_holds_the_policies(example_run):
+    role = example_run.named("host-role")
+    profile = example_run.one("aws:iam/instanceProfile:InstanceProfile")
+    instance = example_run.one(INSTANCE)
+    assert profile.inputs["role"] == "host-role-mock" and profile.property_dependencies["role"] == [role.urn]
+    assert instance.inputs["iamInstanceProfile"] == "host-profile-mock"
+    assert instance.property_dependencies["iamInstanceProfile"] == [profile.urn]
+    assert set(role_policies(example_run)) == {"backup-bucket", "read-secrets", "send-mail"}
+
+
 def test_role_has_no_managed_policy_and_trusts_ec2_only(example_run):
-    role = example_run.one("aws:iam/role:Role")
+    role = example_run.named("host-role")
     trust = json.loads(role.inputs["assumeRolePolicy"])
     assert trust["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
                                    "Action": "sts:AssumeRole"}]

@@ -60,3 +60,45 @@ def test_public_subnet_routes_through_the_internet_gateway(example_run):
     assert route.property_dependencies["gatewayId"] == [gateway.urn]
     association = example_run.one("aws:ec2/routeTableAssociation:RouteTableAssociation")
     assert association.property_dependencies["subnetId"] == [subnet.urn]
+
+
+def test_extra_egress_ports_open_outbound_only(run_with):
+    run = run_with(extraEgressPorts=[22, 9418])
+    assert rule_set(run, EGRESS) == {
+        (80, 80, "tcp", "0.0.0.0/0"), (443, 443, "tcp", "0.0.0.0/0"), (587, 587, "tcp", "0.0.0.0/0"),
+        (22, 22, "tcp", "0.0.0.0/0"), (9418, 9418, "tcp", "0.0.0.0/0")}
+    assert rule_set(run, INGRESS) == rule_set(run_with(), INGRESS)
+    assert {r.name for r in run.of_type(EGRESS)} >= {"network-out-tcp-22", "network-out-tcp-9418"}
+
+
+def test_the_default_security_group_is_closed(example_run):
+    group = example_run.one("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert group.inputs["ingress"] == [] and group.inputs["egress"] == []
+    assert group.property_dependencies["vpcId"] == [example_run.one("aws:ec2/vpc:Vpc").urn]
+
+
+def test_flow_logs_record_all_traffic_into_an_encrypted_expiring_log_group(run_with):
+    import json
+    run = run_with(auditLogRetentionDays=90)
+    flow_log = run.one("aws:ec2/flowLog:FlowLog")
+    group = run.one("aws:cloudwatch/logGroup:LogGroup")
+    key = run.one("aws:kms/key:Key")
+    role = run.named("network-flow-logs-role")
+    assert flow_log.property_dependencies["vpcId"] == [run.one("aws:ec2/vpc:Vpc").urn]
+    assert (flow_log.inputs["trafficType"], flow_log.inputs["logDestinationType"]) == ("ALL", "cloud-watch-logs")
+    assert flow_log.property_dependencies["logDestination"] == [group.urn]
+    assert flow_log.property_dependencies["iamRoleArn"] == [role.urn]
+    assert run.named("network-flow-logs-delivery").urn in flow_log.dependencies
+    assert (group.inputs["name"], group.inputs["retentionInDays"]) == ("/gitea-stack/prod/vpc-flow-logs", 90)
+    assert group.property_dependencies["kmsKeyId"] == [key.urn]
+    assert key.inputs["enableKeyRotation"] is True
+    group_arn = "arn:aws:logs:eu-central-1:123456789012:log-group:/gitea-stack/prod/vpc-flow-logs"
+    logs_use = json.loads(key.inputs["policy"])["Statement"][1]
+    assert logs_use["Principal"] == {"Service": "logs.eu-central-1.amazonaws.com"}
+    assert logs_use["Condition"] == {"ArnEquals": {"kms:EncryptionContext:aws:logs:arn": group_arn}}
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
+    assert trust["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"}
+    (delivery,) = json.loads(run.named("network-flow-logs-delivery").inputs["policy"])["Statement"]
+    assert delivery["Resource"] == [group_arn, f"{group_arn}:log-stream:*"]
+    assert delivery["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]

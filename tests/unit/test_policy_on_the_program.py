@@ -47,6 +47,12 @@ BROKEN = {
         rs, "aws:iam/rolePolicy:RolePolicy", lambda p: {**p, "policy": json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})}),
     "stack-tags": lambda rs: replace_props(rs, "aws:ec2/vpc:Vpc", lambda p: {**p, "tags": {"Project": "gitea-stack"}}),
+    "s3-access-logging": lambda rs: without(rs, "aws:s3/bucketLogging:BucketLogging"),
+    "vpc-flow-logs": lambda rs: without(rs, "aws:ec2/flowLog:FlowLog"),
+    "vpc-default-security-group-closed": lambda rs: without(rs, "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"),
+    "log-group-encrypted-and-expiring": lambda rs: replace_props(
+        rs, "aws:cloudwatch/logGroup:LogGroup", lambda p: {k: v for k, v in p.items() if k != "kmsKeyId"}),
+    "kms-key-rotation": lambda rs: replace_props(rs, "aws:kms/key:Key", lambda p: {**p, "enableKeyRotation": False}),
 }
 
 

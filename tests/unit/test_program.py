@@ -16,6 +16,11 @@ COMPONENTS = {
     "gitea-stack:dns:ForgeDns": "dns",
     "gitea-stack:provision:Provisioning": "provision",
 }
+# Components inside components: type -> (name, parent component's type).
+NESTED_COMPONENTS = {
+    "gitea-stack:network:FlowLogs": ("network-flow-logs", "gitea-stack:network:Network"),
+    "gitea-stack:storage:AccessLogBucket": ("backups-access-logs", "gitea-stack:storage:BackupBucket"),
+}
 
 # What one example stack must hold: type -> count.
 EXPECTED_ESTATE = {
@@ -26,15 +31,21 @@ EXPECTED_ESTATE = {
     "aws:ec2/route:Route": 1,
     "aws:ec2/routeTableAssociation:RouteTableAssociation": 1,
     "aws:ec2/securityGroup:SecurityGroup": 1,
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 5,  # http, https, git, 2 admin CIDRs
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 3,
-    "aws:s3/bucket:Bucket": 1,
-    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
-    "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 1,
-    "aws:s3/bucketVersioning:BucketVersioning": 1,
-    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 1,
-    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": 1,
-    "aws:s3/bucketPolicy:BucketPolicy": 1,
+    "aws:ec2/flowLog:FlowLog": 1,
+    "aws:cloudwatch/logGroup:LogGroup": 1,
+    "aws:kms/key:Key": 1,
+    "aws:kms/alias:Alias": 1,
+    "aws:s3/bucket:Bucket": 2,  # backups, and their access logs
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 2,
+    "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 2,
+    "aws:s3/bucketVersioning:BucketVersioning": 2,
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 2,
+    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": 2,
+    "aws:s3/bucketPolicy:BucketPolicy": 2,
+    "aws:s3/bucketLogging:BucketLogging": 1,
     "random:index/randomPassword:RandomPassword": 7,
     "aws:secretsmanager/secret:Secret": 8,  # 7 generated + SMTP credentials
     "aws:secretsmanager/secretVersion:SecretVersion": 8,
@@ -46,8 +57,8 @@ EXPECTED_ESTATE = {
     "aws:iam/accessKey:AccessKey": 1,
     "tls:index/privateKey:PrivateKey": 1,
     "aws:ec2/keyPair:KeyPair": 1,
-    "aws:iam/role:Role": 1,
-    "aws:iam/rolePolicy:RolePolicy": 3,
+    "aws:iam/role:Role": 2,  # the host's, and flow-log delivery
+    "aws:iam/rolePolicy:RolePolicy": 4,
     "aws:iam/instanceProfile:InstanceProfile": 1,
     "aws:ebs/volume:Volume": 1,
     "aws:ec2/instance:Instance": 1,
@@ -62,7 +73,7 @@ def test_example_stack_registers_the_whole_estate(example_run):
     counts: dict[str, int] = {}
     for resource in example_run.resources:
         counts[resource.type] = counts.get(resource.type, 0) + 1
-    expected = {**EXPECTED_ESTATE, **{token: 1 for token in COMPONENTS}}
+    expected = {**EXPECTED_ESTATE, **{token: 1 for token in [*COMPONENTS, *NESTED_COMPONENTS]}}
     assert counts == expected
 
 
@@ -72,10 +83,14 @@ def test_components_sit_under_the_stack_and_every_resource_under_a_component(exa
     for token, name in COMPONENTS.items():
         assert components[token].name == name
         assert components[token].parent == stack_urn
+    nested = {r.type: r for r in example_run.resources if r.type in NESTED_COMPONENTS}
+    for token, (name, parent_type) in NESTED_COMPONENTS.items():
+        assert nested[token].name == name
+        assert nested[token].parent == components[parent_type].urn
     for resource in example_run.resources:
         if resource.type not in COMPONENTS:
             parent = example_run.by_urn(resource.parent)
-            assert parent.type in COMPONENTS, f"{resource.name} is parented to {resource.parent}"
+            assert parent.type in {**COMPONENTS, **NESTED_COMPONENTS}, f"{resource.name} is parented to {resource.parent}"
             assert resource.name.startswith(parent.name + "-") or resource.name == parent.name
 
 
@@ -92,6 +107,8 @@ def test_outputs_tell_an_operator_where_everything_is(example_run):
     assert outputs["gitCloneHttps"] == "https://git.example.com/OWNER/REPOSITORY.git"
     assert outputs["gitCloneSsh"] == "git@git.example.com:OWNER/REPOSITORY.git"
     assert outputs["backupBucket"].startswith("gitea-stack-prod-backups-")
+    assert outputs["accessLogBucket"].startswith("gitea-stack-prod-logs-")
+    assert outputs["flowLogGroup"] == "/gitea-stack/prod/vpc-flow-logs"
     assert set(outputs["secretNames"]) == {
         "postgres-password", "gitea-admin-password", "gitea-secret-key", "gitea-internal-token",
         "runner-registration-token", "metrics-token", "restic-password", "smtp-credentials"}
@@ -131,6 +148,33 @@ def test_an_instance_type_the_region_does_not_sell_is_reported(example_config):
     assert caught.value.registered == []
 
 
+@pytest.mark.parametrize("instance_type, words", [
+    ("t3.micro", "t3.micro has 1024 MiB of memory; expected at least 2048 MiB"),
+    ("mac2.metal", "mac2.metal runs arm64_mac; expected an instance type for x86_64 or arm64"),
+    ("t9.medium", "t9.medium is not offered in any availability zone of eu-central-1"),
+])
+def test_an_instance_type_that_cannot_run_the_forge_is_refused_naming_the_key(example_config, instance_type, words):
+    with pytest.raises(pulumi.RunError) as caught:
+        run_program({**example_config, "gitea-stack:instanceType": instance_type})
+    assert f"gitea-stack:instanceType: {words}" in str(caught.value)
+    assert caught.value.registered == []
+
+
+@pytest.mark.parametrize("instance_type, architecture, memory_limit", [
+    ("t3.medium", "x86_64", "1497m"), ("t4g.large", "arm64", "3340m")])
+def test_architecture_and_memory_limits_come_from_aws(run_with, instance_type, architecture, memory_limit):
+    import base64
+    import gzip
+    import io
+    import tarfile
+    run = run_with(instanceType=instance_type)
+    assert run.one("aws:ec2/instance:Instance").inputs["ami"] == f"ami-mock-{architecture}"
+    payload = run.named("provision-copy-bundle").inputs["stdin"]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(payload)))) as archive:
+        compose = archive.extractfile("docker-compose.yml").read().decode()
+    assert f"mem_limit: {memory_limit}\n" in compose  # gitea: 45 % of (memory - 768 MiB)
+
+
 def test_config_of_other_namespaces_is_left_alone(example_config):
     run = run_program({**example_config, "aws:profile": "ops", "other:setting": "x"})
     assert run.outputs["url"] == "https://git.example.com/"
@@ -139,7 +183,8 @@ def test_config_of_other_namespaces_is_left_alone(example_config):
 def test_the_program_looks_up_region_zone_ami_and_offerings(example_run):
     tokens = {token for token, _ in example_run.calls}
     assert tokens == {"aws:index/getRegion:getRegion", "aws:index/getPartition:getPartition",
-                      "aws:route53/getZone:getZone", "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings",
-                      "aws:ec2/getAmi:getAmi"}
+                      "aws:index/getCallerIdentity:getCallerIdentity", "aws:route53/getZone:getZone",
+                      "aws:ec2/getInstanceType:getInstanceType",
+                      "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings", "aws:ec2/getAmi:getAmi"}
     zone_lookup = next(args for token, args in example_run.calls if token == "aws:route53/getZone:getZone")
     assert zone_lookup == {"name": "example.com", "privateZone": False}

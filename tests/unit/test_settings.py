@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitea_stack.settings import KEY_NAMES, SettingsError, instance_architecture, parse_settings
+from gitea_stack.settings import KEY_NAMES, SettingsError, parse_settings
 from gitea_stack.versions import DEFAULT_IMAGES
 
 MINIMAL = {
@@ -69,14 +69,29 @@ def test_settings_are_frozen():
         settings.images["gitea"] = "gitea/gitea:latest"
 
 
-@pytest.mark.parametrize("instance_type, architecture", [
-    ("t3.medium", "x86_64"), ("m7i-flex.large", "x86_64"), ("g4dn.xlarge", "x86_64"), ("c6a.2xlarge", "x86_64"),
-    ("t4g.large", "arm64"), ("m7g.medium", "arm64"), ("c7gn.large", "arm64"), ("im4gn.large", "arm64"),
-    ("a1.large", "arm64"), ("r8g.metal-24xl", "arm64"),
-])
-def test_graviton_types_select_arm64(instance_type, architecture):
-    assert parse(instanceType=instance_type).architecture == architecture
-    assert instance_architecture(instance_type) == architecture
+def test_extra_egress_ports_are_sorted_and_default_to_none():
+    assert parse().extra_egress_ports == ()
+    assert parse(extraEgressPorts="[9418, 22]").extra_egress_ports == (22, 9418)
+    assert parse(extraEgressPorts=[]).extra_egress_ports == ()
+
+
+def test_audit_log_retention_defaults_to_a_year():
+    assert parse().audit_log_retention_days == 365
+    assert parse(auditLogRetentionDays="90").audit_log_retention_days == 90
+
+
+@pytest.mark.parametrize("stack", ["prod", "e2e", "eu-west-1", "a", "team-forge-2026x"])
+def test_stack_names_aws_accepts(stack):
+    assert parse_settings(MINIMAL, stack).stack == stack
+
+
+@pytest.mark.parametrize("stack", ["Prod", "prod_eu", "dev.1", "-prod", "prod-", "team-forge-2026xy", "org/prod"])
+def test_stack_names_aws_would_reject_are_refused_with_the_rule(stack):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(MINIMAL, stack)
+    (problem,) = caught.value.problems
+    assert problem.startswith("stack name: expected 1 to 16 lowercase letters, digits and hyphens")
+    assert repr(stack) in problem and "gitea-stack-<stack>-backups-" in problem
 
 
 def test_clone_urls_follow_the_git_port():
@@ -132,6 +147,14 @@ BAD_INPUT = {
                                       "without credentials"),
     "aws endpoint not a url": ({"awsEndpointUrl": "localhost:5000"}, "awsEndpointUrl", "http(s) URL"),
     "unknown key": ({"adminSshPrt": 2222}, "adminSshPrt", "did you mean gitea-stack:adminSshPort"),
+    "egress port already open": ({"extraEgressPorts": [22, 443]}, "extraEgressPorts", "443 is always open"),
+    "egress port twice": ({"extraEgressPorts": [22, 22]}, "extraEgressPorts", "22 is listed twice"),
+    "egress port out of range": ({"extraEgressPorts": [70000]}, "extraEgressPorts", "70000 is not a port"),
+    "egress ports not a list": ({"extraEgressPorts": "22"}, "extraEgressPorts", "a list of up to 40 TCP ports"),
+    "egress ports too many": ({"extraEgressPorts": list(range(1000, 1041))}, "extraEgressPorts", "up to 40"),
+    "audit retention not accepted": ({"auditLogRetentionDays": 100}, "auditLogRetentionDays",
+                                     "the nearest are 90 and 120"),
+    "audit retention zero": ({"auditLogRetentionDays": 0}, "auditLogRetentionDays", "CloudWatch Logs accepts"),
 }
 
 
@@ -164,5 +187,5 @@ def test_every_documented_key_is_known():
     documented = {"domain", "hostedZone", "acmeEmail", "alertEmails", "adminUsername", "adminEmail",
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
-                  "images", "acmeServer", "awsEndpointUrl"}
+                  "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays"}
     assert set(KEY_NAMES) == documented

@@ -5,8 +5,11 @@
 or SIGINT (exit 0):
   - DIUN_NOTIF_MAIL_USERNAMEFILE / DIUN_NOTIF_MAIL_PASSWORDFILE (when set) name readable files;
   - DIUN_DB_PATH (default /data/diun.db) can be opened for writing;
-  - with DIUN_PROVIDERS_DOCKER=true, the Docker socket (DIUN_PROVIDERS_DOCKER_ENDPOINT, default
-    unix:///var/run/docker.sock) lists the containers: `curl --unix-socket ... /containers/json`.
+  - with DIUN_PROVIDERS_DOCKER=true, the Docker API at DIUN_PROVIDERS_DOCKER_ENDPOINT (default
+    unix:///var/run/docker.sock; tcp://host:port too) answers the calls the real Diun's Docker
+    provider makes: GET /version, GET /containers/json?filters=..., and GET /images/<image>/json
+    for each running container it watches (label diun.enable, or DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT);
+  - with DIUN_PROVIDERS_FILE_FILENAME, that YAML file is a list of images, each with a `name`.
 Any failure exits 1 with a message naming the setting. It logs the schedule and the counts.
 `diun --version` prints the version; other commands and flags are rejected.
 """
@@ -20,6 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+
+import yaml
 
 VERSION = "4.33.0"
 
@@ -57,29 +63,58 @@ def check_database() -> None:
         raise Fatal(f"DIUN_DB_PATH: cannot open {path} for writing: {problem.strerror}") from None
 
 
+def docker_get(endpoint: str, path: str) -> object:
+    """GET a Docker API path through the endpoint Diun is given; JSON, or Fatal naming the call."""
+    if endpoint.startswith("unix://"):
+        target = ["--unix-socket", endpoint.removeprefix("unix://"), f"http://localhost{path}"]
+    elif endpoint.startswith("tcp://"):
+        target = [f"http://{endpoint.removeprefix('tcp://')}{path}"]
+    else:
+        raise Fatal(f"DIUN_PROVIDERS_DOCKER_ENDPOINT: the stand-in speaks unix:// and tcp://, not {endpoint}")
+    result = subprocess.run(["curl", "--silent", "--show-error", "--fail-with-body", "--max-time", "10",
+                             "--globoff", *target], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise Fatal(f"Docker API GET {path} through {endpoint} failed: "
+                    f"{(result.stderr.strip() + ' ' + result.stdout.strip()).strip() or 'curl failed'}")
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise Fatal(f"Docker API GET {path} through {endpoint} answered with something else than JSON") from None
+
+
 def list_containers() -> None:
     if os.environ.get("DIUN_PROVIDERS_DOCKER", "false").lower() != "true":
         log("INF", "Docker provider disabled")
         return
     endpoint = os.environ.get("DIUN_PROVIDERS_DOCKER_ENDPOINT", "unix:///var/run/docker.sock")
-    if not endpoint.startswith("unix://"):
-        raise Fatal(f"DIUN_PROVIDERS_DOCKER_ENDPOINT: the stand-in speaks to unix sockets only, not {endpoint}")
-    socket_path = endpoint.removeprefix("unix://")
-    result = subprocess.run(
-        ["curl", "--silent", "--show-error", "--fail", "--max-time", "10", "--unix-socket", socket_path,
-         "http://localhost/containers/json"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise Fatal(f"cannot list containers through {socket_path}: {result.stderr.strip() or 'curl failed'}")
-    try:
-        containers = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise Fatal(f"{socket_path} answered /containers/json with something else than JSON") from None
+    version = docker_get(endpoint, "/version")
+    filters = urllib.parse.quote(json.dumps({"status": ["running"]}))
+    containers = docker_get(endpoint, f"/containers/json?filters={filters}")
     watch_by_default = os.environ.get("DIUN_PROVIDERS_DOCKER_WATCHBYDEFAULT", "false").lower() == "true"
     watched = [c for c in containers
                if (c.get("Labels") or {}).get("diun.enable", str(watch_by_default)).lower() == "true"]
-    log("INF", f"Found {len(containers)} containers through {socket_path}, {len(watched)} to watch")
+    log("INF", f"Found {len(containers)} containers through {endpoint} (Docker {version.get('Version')}), "
+               f"{len(watched)} to watch")
     for container in watched:
-        log("INF", f"Watching {container.get('Image')} ({', '.join(container.get('Names') or [])})")
+        image = docker_get(endpoint, f"/images/{container.get('Image')}/json")
+        log("INF", f"Watching {container.get('Image')} ({', '.join(container.get('Names') or [])}, "
+                   f"image {image.get('Id', '?')[:19]})")
+
+
+def list_file_images() -> None:
+    path = os.environ.get("DIUN_PROVIDERS_FILE_FILENAME")
+    if not path:
+        return
+    try:
+        with open(path) as handle:
+            items = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as problem:
+        raise Fatal(f"DIUN_PROVIDERS_FILE_FILENAME: cannot read {path}: {problem}") from None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and i.get("name") for i in items):
+        raise Fatal(f"DIUN_PROVIDERS_FILE_FILENAME: {path} is not a list of images with a name")
+    for item in items:
+        log("INF", f"Watching {item['name']} (file provider, update_policy="
+                   f"{(item.get('metadata') or {}).get('update_policy', '-')})")
 
 
 def serve() -> int:
@@ -96,6 +131,7 @@ def serve() -> int:
         check_secret_files()
         check_database()
         list_containers()
+        list_file_images()
     except Fatal as problem:
         log("FTL", str(problem))
         return 1

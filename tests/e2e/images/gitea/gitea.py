@@ -5,9 +5,17 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
 
   gitea web          the server (the image's CMD). Configuration comes from GITEA__section__KEY and
                      GITEA__section__KEY__FILE (the value is read from that file, less one trailing
-                     newline); a file that cannot be read stops the start with a clear message. The
+                     newline); a file that cannot be read stops the start with a clear message.
+                     [security] SECRET_KEY and INTERNAL_TOKEN may instead come from SECRET_KEY_URI /
+                     INTERNAL_TOKEN_URI = file:///path, read at start and never written to app.ini;
+                     giving both a value and a URI, or an empty file, stops the start (as Gitea's
+                     loadSecret does). app.ini is rewritten at every start with mode 0644, as the
+                     real image's environment-to-ini leaves it under umask 022. The
                      database settings are verified by really connecting with psql (retried for
-                     STANDIN_DB_WAIT_SECONDS, default 60). HTTP on [server] HTTP_PORT (3000):
+                     STANDIN_DB_WAIT_SECONDS, default 60). Each request is logged with the client
+                     address Gitea would see: the last X-Forwarded-For entry when the peer is in
+                     [security] REVERSE_PROXY_TRUSTED_PROXIES (default loopback), else the peer.
+                     HTTP on [server] HTTP_PORT (3000):
                        GET   /api/healthz                 200 {"status": "pass"}
                        GET   /api/v1/version              {"version": "1.27.3"}
                        GET   /api/v1/user                 the user of the basic auth credentials
@@ -37,6 +45,7 @@ import fcntl
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import os
 import re
@@ -48,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = "1.27.3"
@@ -112,6 +122,38 @@ def setting(config: dict[str, dict[str, str]], section: str, key: str, default: 
     return config.get(section, {}).get(key, default)
 
 
+def load_secret(config: dict[str, dict[str, str]], section: str, key: str) -> str:
+    """KEY, or the content of the file KEY_URI names (file:// only), as Gitea's setting.loadSecret."""
+    uri, verbatim = setting(config, section, f"{key}_URI"), setting(config, section, key)
+    if uri and verbatim:
+        raise CommandError(f"Cannot specify both {key}_URI and {key}")
+    if not uri:
+        return verbatim
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "file":
+        raise CommandError(f'Unsupported URI-Scheme "{parsed.scheme}" ("{key}_URI" = "{uri}")')
+    try:
+        with open(parsed.path) as handle:
+            value = handle.read().strip()
+    except OSError as problem:
+        raise CommandError(f"Failed to read {key}_URI ({parsed.path}): {problem.strerror}") from None
+    if not value:
+        raise CommandError(f"Failed to read {key}_URI ({parsed.path}): the file is empty")
+    return value
+
+
+def client_address(config: dict[str, dict[str, str]], peer: str, forwarded_for: str) -> str:
+    """The address Gitea logs and rate-limits: X-Forwarded-For's last entry from a trusted proxy."""
+    trusted = [entry.strip() for entry in
+               setting(config, "security", "REVERSE_PROXY_TRUSTED_PROXIES", "127.0.0.0/8,::1/128").split(",")]
+    peer_address = ipaddress.ip_address(peer.removeprefix("::ffff:"))
+    from_trusted = any(entry == "*" or peer_address in ipaddress.ip_network(entry, strict=False)
+                       for entry in trusted if entry)
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    limit = int(setting(config, "security", "REVERSE_PROXY_LIMIT", "1") or 0)
+    return hops[-1] if from_trusted and hops and limit > 0 else str(peer_address)
+
+
 def write_app_ini(config: dict[str, dict[str, str]], path: str) -> None:
     """The merged configuration, as the real image writes it to GITEA_APP_INI."""
     lines = [f"APP_NAME = Gitea: Git with a cup of tea (testbed stand-in {VERSION})", "RUN_MODE = prod"]
@@ -122,9 +164,10 @@ def write_app_ini(config: dict[str, dict[str, str]], path: str) -> None:
         lines.extend(f"{key} = {value}" for key, value in sorted(config[section].items()))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write("\n".join(lines) + "\n")
+        os.chmod(path + ".tmp", 0o644)  # whatever this process's umask
         os.replace(path + ".tmp", path)
     except OSError as problem:
         raise CommandError(f"cannot write {path}: {problem}") from None
@@ -397,7 +440,8 @@ class Handler(BaseHTTPRequestHandler):
     state: State
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
-        log(f"{self.address_string()} {format % args}")
+        client = client_address(self.config, self.client_address[0], self.headers.get("X-Forwarded-For", ""))
+        log(f"client={client} peer={self.client_address[0]} {format % args}")
 
     def send_json(self, status: int, body: object, content_type: str = "application/json;charset=utf-8") -> None:
         self.send_text(status, json.dumps(body), content_type)
@@ -588,6 +632,9 @@ def cmd_web(args: list[str]) -> int:
                                             "install-port": "string"})
     no_positionals(positional, "web")
     config = load_config(dict(os.environ))
+    for key in ("SECRET_KEY", "INTERNAL_TOKEN"):
+        if not load_secret(config, "security", key):
+            raise CommandError(f"[security] {key} is empty: the stand-in, like the stack, expects it set")
     wait_for_database(config)
     app_ini = os.environ.get("GITEA_APP_INI", "/etc/gitea/app.ini")
     write_app_ini(config, app_ini)
