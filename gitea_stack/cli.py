@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from gitea_stack.bundle import render_bundle, write_bundle
-from gitea_stack.settings import NAMESPACE, SettingsError, parse_settings
+from gitea_stack.settings import NAMESPACE, Settings, SettingsError, parse_settings
 
 
 def engine_value(value: object) -> str:
@@ -38,9 +39,30 @@ def stack_config(stack_file: Path) -> dict[str, str]:
             if key.startswith(prefix)}
 
 
+class StackFileProblem(Exception):
+    """A stack file that is missing, not YAML or holds bad config; `missing` tells the first apart."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def read_stack(project_dir: str, stack: str) -> tuple[Path, Settings]:
+    """Pulumi.<stack>.yaml and its validated settings, or StackFileProblem saying what is wrong."""
+    stack_file = Path(project_dir) / f"Pulumi.{stack}.yaml"
+    if not stack_file.is_file():
+        raise StackFileProblem(f"no stack file {stack_file}; expected Pulumi.<stack>.yaml in {project_dir}",
+                               missing=True)
+    try:
+        return stack_file, parse_settings(stack_config(stack_file), stack)
+    except SettingsError as error:
+        raise StackFileProblem(str(error)) from None
+    except yaml.YAMLError as error:
+        raise StackFileProblem(f"{stack_file} is not valid YAML: {error}") from None
+
+
 def stack_region(stack_file: Path) -> str | None:
     """The stack's `aws:region`, else the environment's region, else None."""
-    import os
     return stack_file_values(stack_file).get("aws:region") or os.environ.get("AWS_REGION") \
         or os.environ.get("AWS_DEFAULT_REGION")
 
@@ -53,16 +75,11 @@ def instance_memory_from_aws(instance_type: str, region: str | None) -> int:
 
 
 def render(args: argparse.Namespace) -> int:
-    stack_file = Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
-    if not stack_file.is_file():
-        print(f"render: no stack file {stack_file}; expected Pulumi.<stack>.yaml in {args.project_dir}",
-              file=sys.stderr)
-        return 2
     try:
-        settings = parse_settings(stack_config(stack_file), args.stack)
-    except SettingsError as error:
-        print(f"render: {error}", file=sys.stderr)
-        return 1
+        stack_file, settings = read_stack(args.project_dir, args.stack)
+    except StackFileProblem as problem:
+        print(f"render: {problem}", file=sys.stderr)
+        return 2 if problem.missing else 1
     memory_mib = args.instance_memory_mib
     if memory_mib is None:
         try:

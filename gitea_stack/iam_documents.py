@@ -114,13 +114,22 @@ def flow_logs_assume_role(account_id: str, partition: str, region: str) -> Docum
 
 
 def flow_logs_delivery(log_group_arn: str) -> Document:
-    """What VPC Flow Logs needs to write into its (existing) log group. Nothing else."""
-    return _document({
-        "Sid": "WriteFlowLogs",
-        "Effect": "Allow",
-        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-        "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
-    })
+    """What VPC Flow Logs needs to write into its (existing) log group, as AWS documents it. Nothing else."""
+    return _document(
+        {
+            "Sid": "WriteFlowLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
+        },
+        {
+            # The delivery looks its group up by listing; a listing names no single resource.
+            "Sid": "FindTheLogGroup",
+            "Effect": "Allow",
+            "Action": "logs:DescribeLogGroups",
+            "Resource": "*",
+        },
+    )
 
 
 def log_group_key_policy(account_id: str, partition: str, region: str, log_group_arn: str) -> Document:

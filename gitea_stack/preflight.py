@@ -25,11 +25,9 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import boto3
-import yaml
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -38,14 +36,13 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from gitea_stack.cli import stack_config, stack_file_values, stack_region
-from gitea_stack.settings import Settings, SettingsError, parse_settings, qualified
+from gitea_stack.cli import StackFileProblem, read_stack, stack_file_values, stack_region
+from gitea_stack.settings import Settings, qualified
+from gitea_stack.sizing import InstanceTypeError, host_architecture, instance_facts
 from gitea_stack.versions import DOCKER_PACKAGES
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
-# The forge (PostgreSQL, Gitea, nginx next to dockerd and the kernel) does not fit in less.
-MIN_MEMORY_MIB = 2048
 # Docker's apt repository; GITEA_STACK_DOCKER_APT_URL points the check at a mirror (or a stand-in).
 DOCKER_APT_URL = "https://download.docker.com/linux/ubuntu"
 DOCKER_APT_URL_VARIABLE = "GITEA_STACK_DOCKER_APT_URL"
@@ -276,24 +273,15 @@ def docker_apt_url() -> str:
 
 # --- AWS answers (pure) ----------------------------------------------------------------------------
 
-def ec2_architecture(supported: Iterable[str]) -> str | None:
-    """The architecture the host runs: Graviton types list arm64; x86 types x86_64 (some also i386)."""
-    supported = set(supported)
-    return "arm64" if "arm64" in supported else "x86_64" if "x86_64" in supported else None
-
-
 def judge_instance_type(instance_type: str, described: Mapping[str, Any]) -> CheckResult:
-    key = qualified("instanceType")
+    """The program's own verdict (gitea_stack.sizing) on AWS's description of the type."""
     memory = int(described.get("MemoryInfo", {}).get("SizeInMiB", 0))
     supported = described.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
-    architecture = ec2_architecture(supported)
-    if architecture is None:
-        return CheckResult("instance type", FAIL, f"{key}: {instance_type} runs {', '.join(supported) or 'nothing'}; "
-                                                  "expected a type for x86_64 or arm64 (Ubuntu 24.04 exists for those)")
-    if memory < MIN_MEMORY_MIB:
-        return CheckResult("instance type", FAIL, f"{key}: {instance_type} has {memory} MiB of memory; expected at "
-                                                  f"least {MIN_MEMORY_MIB} MiB, such as t3.small or t4g.small")
-    return CheckResult("instance type", OK, f"{instance_type}: {memory} MiB, {architecture}")
+    try:
+        facts = instance_facts(instance_type, memory, supported)
+    except InstanceTypeError as problem:
+        return CheckResult("instance type", FAIL, f"{qualified('instanceType')}: {problem}")
+    return CheckResult("instance type", OK, f"{instance_type}: {facts.memory_mib} MiB, {facts.architecture}")
 
 
 def judge_offerings(instance_type: str, region: str, zones: list[str]) -> CheckResult:
@@ -371,7 +359,7 @@ def check_instance_type(ec2: Any, instance_type: str, region: str) -> tuple[list
         results.append(judge_offerings(instance_type, region, zones))
     except (BotoCoreError, ClientError) as error:
         results.append(aws_error_result("instance type zones", "ec2:DescribeInstanceTypeOfferings", error))
-    return results, ec2_architecture(facts.get("ProcessorInfo", {}).get("SupportedArchitectures", []))
+    return results, host_architecture(facts.get("ProcessorInfo", {}).get("SupportedArchitectures", []))
 
 
 def check_hosted_zone(route53: Any, zone_name: str) -> CheckResult:
@@ -584,18 +572,10 @@ def preflight_command(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"preflight: {message}", file=sys.stderr, flush=True)
 
-    stack_file = Path(args.project_dir) / f"Pulumi.{args.stack}.yaml"
-    if not stack_file.is_file():
-        print(f"preflight: no stack file {stack_file}; expected Pulumi.<stack>.yaml in {args.project_dir}",
-              file=sys.stderr)
-        return 2
     try:
-        settings = parse_settings(stack_config(stack_file), args.stack)
-    except SettingsError as error:
-        print(f"preflight: {error}", file=sys.stderr)
-        return 2
-    except yaml.YAMLError as error:
-        print(f"preflight: {stack_file} is not valid YAML: {error}", file=sys.stderr)
+        stack_file, settings = read_stack(args.project_dir, args.stack)
+    except StackFileProblem as problem:
+        print(f"preflight: {problem}", file=sys.stderr)
         return 2
     region = stack_region(stack_file)
     if not region:

@@ -31,11 +31,17 @@ class InstanceFacts:
     architecture: str  # as EC2 names it: "x86_64" or "arm64"
 
 
+def host_architecture(supported_architectures: Iterable[str]) -> str | None:
+    """The architecture the host runs, of those AWS lists for a type; None if Ubuntu has no image for it."""
+    architectures = set(supported_architectures)
+    # Graviton types list arm64 only; x86 types list x86_64 (some also i386).
+    return "arm64" if "arm64" in architectures else "x86_64" if "x86_64" in architectures else None
+
+
 def instance_facts(instance_type: str, memory_mib: int, supported_architectures: Iterable[str]) -> InstanceFacts:
     """InstanceFacts from AWS's description of a type; InstanceTypeError if the forge cannot run on it."""
     architectures = set(supported_architectures)
-    # Graviton types list arm64 only; x86 types list x86_64 (some also i386).
-    architecture = "arm64" if "arm64" in architectures else "x86_64" if "x86_64" in architectures else None
+    architecture = host_architecture(architectures)
     if architecture is None:
         raise InstanceTypeError(
             f"{instance_type} runs {', '.join(sorted(architectures)) or 'no listed architecture'}; expected an "

@@ -9,7 +9,10 @@ bad input fail clearly while leaving what runs alone?
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import re
 import socket
 import ssl
 import stat
@@ -17,8 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 import gitea_stack.bundle
+from gitea_stack.bundle import PRODUCTION
 from tests.harness.pulumi_mocks import run_program, stack_file_config
 from tests.harness.replay import SshTarget, remote_steps, replay, stored_secrets
 from tests.harness.testbed import Testbed
@@ -26,7 +31,8 @@ from tests.harness.testbed_images import build_images
 
 DOMAIN = "git.example.com"
 CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
-SERVICES = ("postgres", "gitea", "nginx", "diun")
+SERVICES = ("postgres", "gitea", "nginx", "docker-socket-proxy", "diun")
+COMPOSE = "docker compose --project-name gitea-stack --project-directory /opt/gitea-stack"
 
 
 @pytest.fixture(scope="module")
@@ -179,22 +185,131 @@ def test_a_killed_gitea_comes_back_on_the_next_converge(testbed, stack_run, targ
     assert status == 200
 
 
-def test_a_rotated_secret_recreates_only_the_services_that_use_it(testbed, stack_run, target, converged):
+def secret_name(run, key: str) -> str:
+    return next(n for n in stored_secrets(run) if f"/{key}-" in n)
+
+
+@contextlib.contextmanager
+def rotated(testbed, run, key: str, value: str):
+    """The secret `key` holds `value` in Secrets Manager until the block ends; then the original again."""
     client = testbed.boto3_client("secretsmanager")
-    name = next(n for n in stored_secrets(stack_run) if "/metrics-token-" in n)
+    name = secret_name(run, key)
     original = client.get_secret_value(SecretId=name)["SecretString"]
-    before = containers(testbed)
-    client.put_secret_value(SecretId=name, SecretString="RotatedMetricsToken0123456789abcdefABCD")
+    client.put_secret_value(SecretId=name, SecretString=value)
     try:
-        check_replay(stack_run, target, only={"provision-converge"})
-        after = containers(testbed)
-        assert after["gitea"][0] != before["gitea"][0]  # the metrics token is Gitea's alone
-        assert {s: after[s] for s in ("postgres", "nginx", "diun")} == {s: before[s] for s in ("postgres", "nginx", "diun")}
-        assert testbed.path("/opt/gitea-stack/secrets/gitea/metrics-token").read_text() == \
-            "RotatedMetricsToken0123456789abcdefABCD"
+        yield original
     finally:
         client.put_secret_value(SecretId=name, SecretString=original)
+
+
+def unchanged(before, after, services) -> bool:
+    return {s: after[s] for s in services} == {s: before[s] for s in services}
+
+
+def test_a_rotated_secret_recreates_only_the_services_that_use_it(testbed, stack_run, target, converged):
+    before = containers(testbed)
+    try:
+        with rotated(testbed, stack_run, "metrics-token", "RotatedMetricsToken0123456789abcdefABCD"):
+            check_replay(stack_run, target, only={"provision-converge"})
+            after = containers(testbed)
+            assert after["gitea"][0] != before["gitea"][0]  # the metrics token is Gitea's alone
+            assert unchanged(before, after, ("postgres", "nginx", "docker-socket-proxy", "diun"))
+            assert testbed.path("/opt/gitea-stack/secrets/gitea/metrics-token").read_text() == \
+                "RotatedMetricsToken0123456789abcdefABCD"
+            assert https_get(testbed, "/api/healthz")[0] == 200  # nginx reaches the new gitea
+    finally:
         check_replay(stack_run, target, only={"provision-converge"})
+
+
+def psql(testbed, sql: str) -> str:
+    """SQL as the cluster's superuser, through the postgres container's local socket."""
+    postgres = containers(testbed)["postgres"][0]
+    return testbed.run(f"docker exec -i {postgres} psql --no-psqlrc --tuples-only --no-align --username=postgres "
+                       "--dbname=gitea", input=sql).stdout.strip()
+
+
+def gitea_logs_in(testbed, password: str) -> bool:
+    """Whether the gitea role accepts `password` over TCP, as Gitea connects."""
+    postgres = containers(testbed)["postgres"][0]
+    return testbed.run(f"docker exec -i -e PGPASSWORD {postgres} psql --no-psqlrc --host=127.0.0.1 "
+                       "--username=gitea --dbname=gitea --command='SELECT 1'",
+                       check=False, env={"PGPASSWORD": password}).returncode == 0
+
+
+def test_gitea_owns_its_database_without_being_a_superuser(testbed, stack_run, converged):
+    assert psql(testbed, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'gitea';") == \
+        "f|f|f"
+    assert psql(testbed, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'gitea';") == "gitea"
+    # The superuser has no password: it logs in through the container's socket only.
+    assert psql(testbed, "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres';") == "t"
+    password = stored_secrets(stack_run)[secret_name(stack_run, "postgres-password")]
+    assert gitea_logs_in(testbed, password) and not gitea_logs_in(testbed, password + "x")
+
+
+def test_a_rotated_database_password_is_applied_before_gitea_uses_it(testbed, stack_run, target, converged):
+    new = "RotatedDatabasePassword0123456789abcdefXY"
+    before = containers(testbed)
+    try:
+        with rotated(testbed, stack_run, "postgres-password", new) as old:
+            check_replay(stack_run, target, only={"provision-converge"})
+            after = containers(testbed)
+            assert after["gitea"][0] != before["gitea"][0] and after["postgres"] == before["postgres"]
+            assert gitea_logs_in(testbed, new) and not gitea_logs_in(testbed, old)
+            assert https_get(testbed, "/api/healthz")[0] == 200
+    finally:
+        check_replay(stack_run, target, only={"provision-converge"})
+    assert gitea_logs_in(testbed, old)
+
+
+def admin_status(testbed, password: str) -> str:
+    """HTTP status of Gitea's API for the administrator with `password` (curl config on stdin)."""
+    gitea = containers(testbed)["gitea"][0]
+    config = (f'user = "gitea-admin:{password}"\nurl = "http://localhost:3000/api/v1/user"\n'
+              'silent\noutput = "/dev/null"\nwrite-out = "%{http_code}"\n')
+    return testbed.run(f"docker exec -i {gitea} curl --config -", input=config).stdout.strip()
+
+
+def test_a_rotated_admin_password_is_applied_to_the_administrator(testbed, stack_run, target, converged):
+    new = "RotatedAdminPassword0123456789abcdefXYZ"
+    try:
+        with rotated(testbed, stack_run, "gitea-admin-password", new) as old:
+            check_replay(stack_run, target, only={"provision-converge"})
+            assert (admin_status(testbed, new), admin_status(testbed, old)) == ("200", "401")
+            assert testbed.path("/opt/gitea-stack/secrets/host/gitea-admin-password").read_text() == new
+    finally:
+        check_replay(stack_run, target, only={"provision-converge"})
+    assert admin_status(testbed, old) == "200"
+
+
+def test_an_admin_password_changed_in_gitea_is_not_overwritten_blindly(testbed, stack_run, target, converged):
+    gitea = containers(testbed)["gitea"][0]
+    original = stored_secrets(stack_run)[secret_name(stack_run, "gitea-admin-password")]
+    by_hand = "ChangedInTheWebInterface0123456789"
+    testbed.run(f"docker exec {gitea} gitea admin user change-password --username gitea-admin "
+                f"--password {by_hand} --must-change-password=false")
+    before = containers(testbed)
+    try:
+        with rotated(testbed, stack_run, "gitea-admin-password", "RotatedAgainPassword0123456789abcdefXY"):
+            results = replay(stack_run, target, only={"provision-converge"})
+            assert_failed_cleanly(results, "Gitea accepts neither the new nor the previous value", before, testbed)
+            assert testbed.path("/opt/gitea-stack/secrets/host/gitea-admin-password").read_text() == original
+            assert admin_status(testbed, by_hand) == "200"
+    finally:
+        testbed.run(f"docker exec {gitea} gitea admin user change-password --username gitea-admin "
+                    f"--password {original} --must-change-password=false")
+        check_replay(stack_run, target, only={"provision-converge"})
+
+
+def test_a_changed_gitea_secret_key_is_refused_and_changes_nothing(testbed, stack_run, target, converged):
+    installed = testbed.path("/opt/gitea-stack/secrets/gitea/gitea-secret-key")
+    key = installed.read_text()
+    before = containers(testbed)
+    with rotated(testbed, stack_run, "gitea-secret-key", "AnotherSecretKey" * 4):
+        results = replay(stack_run, target, only={"provision-converge"})
+        assert_failed_cleanly(results, "is not the key this forge's data was encrypted with", before, testbed)
+        assert "AWSPREVIOUS" in results[-1][1].stderr.decode()
+        assert installed.read_text() == key
+    check_replay(stack_run, target, only={"provision-converge"})
 
 
 def assert_failed_cleanly(results, message: str, before, testbed):
@@ -238,3 +353,115 @@ def test_a_full_data_volume_fails_clearly_and_changes_nothing(testbed, stack_run
         assert_failed_cleanly(results, "MiB free on /srv/gitea-stack", before, testbed)
     finally:
         testbed.run("rm -f /srv/gitea-stack/filler")
+
+
+def test_keys_stay_out_of_app_ini_and_app_ini_is_private(testbed, stack_run, converged):
+    config_dir = testbed.path("/srv/gitea-stack/gitea/config")
+    app_ini = config_dir / "app.ini"
+    assert stat.S_IMODE(config_dir.stat().st_mode) == 0o700 and config_dir.stat().st_uid == 1000
+    assert stat.S_IMODE(app_ini.stat().st_mode) == 0o600
+    text = app_ini.read_text()
+    stored = stored_secrets(stack_run)
+    for key in ("gitea-secret-key", "gitea-internal-token"):
+        assert stored[secret_name(stack_run, key)] not in text, key
+    assert "SECRET_KEY_URI = file:///run/gitea-stack/gitea-secret-key" in text
+
+
+def test_gitea_sees_the_clients_address_not_nginxs(testbed, converged):
+    assert https_get(testbed, "/api/v1/version?client-address-probe")[0] == 200
+    gitea = containers(testbed)["gitea"][0]
+    (line,) = [line for line in testbed.run(f"docker logs {gitea} 2>&1").stdout.splitlines()
+               if "client-address-probe" in line]
+    client, peer = re.search(r"client=(\S+) peer=(\S+)", line).groups()
+    assert client == testbed.host_address  # this machine, where the request came from
+    assert ipaddress.ip_address(peer.removeprefix("::ffff:")) in ipaddress.ip_network(PRODUCTION.frontend_subnet)
+
+
+def frontend_address(testbed, container: str) -> str:
+    return testbed.run(f"docker inspect --format "
+                       f"'{{{{(index .NetworkSettings.Networks \"gitea-stack_frontend\").IPAddress}}}}' {container}"
+                       ).stdout.strip()
+
+
+def test_nginx_finds_a_recreated_gitea_at_its_new_address(testbed, stack_run, target, images, converged):
+    before = containers(testbed)
+    old_address = frontend_address(testbed, before["gitea"][0])
+    # Recreated as an image update recreates it (not by deploy.sh, which also reloads nginx), with its
+    # old address taken, so the new container must get another one.
+    testbed.run(f"{COMPOSE} rm --stop --force gitea")
+    testbed.run(f"docker run --detach --name address-taker --network gitea-stack_frontend --ip {old_address} "
+                f"--entrypoint sleep {images['nginx']} infinity")
+    try:
+        testbed.run(f"{COMPOSE} up --detach --no-deps --wait gitea", timeout=180)
+        new_address = frontend_address(testbed, containers(testbed)["gitea"][0])
+        assert new_address != old_address
+        deadline = time.monotonic() + 30  # nginx may use its cached answer for up to 10 s
+        while (status := https_get(testbed, "/api/healthz")[0]) != 200 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert status == 200
+        assert containers(testbed)["nginx"] == before["nginx"]  # no restart, no reload was needed
+    finally:
+        testbed.run("docker rm --force address-taker")
+        check_replay(stack_run, target, only={"provision-converge"})
+
+
+def served_serial(testbed) -> int:
+    context = ssl.create_default_context(cadata=testbed.pebble_root_pem())
+    with socket.create_connection((testbed.address, 443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def test_switching_acme_servers_reissues_the_certificate(testbed, images, target, converged):
+    renewal = testbed.path(f"/srv/gitea-stack/letsencrypt/renewal/{DOMAIN}.conf")
+    original = served_serial(testbed)
+    # Another directory URL of the same test CA stands in for Let's Encrypt staging -> production.
+    other_server = f"{testbed.directory_url}?production"
+    switched = run_program(stack_config(testbed, images, acmeServer=other_server), stack="e2e")
+    try:
+        check_replay(switched, target, only={"provision-copy-bundle", "provision-converge"})
+        assert f"server = {other_server}\n" in renewal.read_text()
+        assert served_serial(testbed) != original
+        reissued = served_serial(testbed)
+        check_replay(switched, target, only={"provision-converge"})
+        assert served_serial(testbed) == reissued  # the same server again: nothing is requested
+    finally:
+        check_replay(run_program(stack_config(testbed, images), stack="e2e"), target,
+                     only={"provision-copy-bundle", "provision-converge"})
+    assert f"server = {testbed.directory_url}\n" in renewal.read_text()
+
+
+def test_an_image_with_another_postgres_user_can_reach_its_data(testbed, converged):
+    postgres_dir = testbed.path("/srv/gitea-stack/postgres")
+    assert stat.S_IMODE(postgres_dir.stat().st_mode) == 0o755
+    # Alpine's postgres is uid 70: it must get through the mount point to the PGDATA it owns.
+    assert testbed.run("setpriv --reuid=70 --regid=70 --clear-groups ls /srv/gitea-stack/postgres/18",
+                       check=False).returncode == 0
+
+
+def test_docker_waits_for_the_data_volume(testbed, converged):
+    drop_in = testbed.path("/etc/systemd/system/docker.service.d/10-gitea-stack.conf")
+    assert "RequiresMountsFor=/srv/gitea-stack\n" in drop_in.read_text()
+    assert "daemon-reload" in testbed.systemctl_log()
+
+
+def proxy_status(testbed, method: str, path: str) -> str:
+    diun = containers(testbed)["diun"][0]
+    return testbed.run(f"docker exec {diun} curl --silent --output /dev/null --write-out '%{{http_code}}' "
+                       f"--request {method} 'http://docker-socket-proxy:2375{path}'").stdout
+
+
+def test_diun_watches_through_the_socket_proxy_and_certbot_through_its_file(testbed, images, converged):
+    running = containers(testbed)
+    logs = testbed.run(f"docker logs {running['diun'][0]} 2>&1").stdout
+    assert "containers through tcp://docker-socket-proxy:2375" in logs
+    assert f"Watching {images['gitea']} " in logs and f"Watching {images['docker-socket-proxy']} " in logs
+    assert f"Watching {images['certbot']} (file provider, update_policy=auto)" in logs
+    mounts = testbed.run(f"docker inspect --format '{{{{json .Mounts}}}}' {running['diun'][0]}").stdout
+    assert "docker.sock" not in mounts
+    assert proxy_status(testbed, "GET", "/containers/json") == "200"
+    for method, path in (("POST", "/containers/create"), ("POST", f"/containers/{running['gitea'][0]}/stop"),
+                         ("GET", f"/containers/{running['gitea'][0]}/archive?path=/run/gitea-stack"),
+                         ("GET", "/info")):
+        assert proxy_status(testbed, method, path) == "403", (method, path)
+    assert containers(testbed) == running

@@ -502,13 +502,14 @@ class Testbed:
         return self._https_get(f"{self.pebble_management_url}/intermediates/{index}").decode()
 
     def run(self, command: str, check: bool = True, input: str | None = None,
-            timeout: float | None = 600) -> subprocess.CompletedProcess:
-        """`bash -c command` as root inside the testbed's namespaces (PATH starts with the shims)."""
+            timeout: float | None = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`bash -c command` as root inside the testbed's namespaces (PATH starts with the shims);
+        `env` adds variables (values kept off the command line)."""
         assert self.holder is not None, "the testbed is not started"
         argv = [self.tools["nsenter"], "--target", str(self.holder.pid), "--mount", "--net", "--",
                 "bash", "-c", command]
         result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout,
-                                env=self._inside_env())
+                                env={**self._inside_env(), **(env or {})})
         if check and result.returncode != 0:
             raise RuntimeError(f"testbed: `{command}` exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result

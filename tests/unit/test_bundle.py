@@ -213,3 +213,25 @@ def test_the_tarball_is_deterministic_and_keeps_modes():
     assert bundle_tarball(rendered) == bundle_tarball(render(variant("example")))
     with tarfile.open(fileobj=io.BytesIO(bundle_tarball(rendered))) as archive:
         assert {m.name: m.mode for m in archive.getmembers()} == {path: mode for path, (_, mode) in rendered.items()}
+
+
+def test_cli_render_asks_aws_for_the_instance_memory(tmp_path, capsys, monkeypatch):
+    from moto import mock_aws
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():  # moto describes t3.medium as AWS does: 4096 MiB
+        assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "asked")]) == 0
+    assert "for a t3.medium with 4096 MiB" in capsys.readouterr().out
+    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "given"), "--instance-memory-mib", "4096"]) == 0
+    compose_file = "docker-compose.yml"
+    assert (tmp_path / "asked" / compose_file).read_text() == (tmp_path / "given" / compose_file).read_text()
+
+
+def test_cli_render_without_aws_says_how_to_render_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "out")]) == 1
+    assert "pass --instance-memory-mib" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -99,6 +99,7 @@ def test_flow_logs_record_all_traffic_into_an_encrypted_expiring_log_group(run_w
     trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
     assert trust["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
     assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"}
-    (delivery,) = json.loads(run.named("network-flow-logs-delivery").inputs["policy"])["Statement"]
+    delivery, find = json.loads(run.named("network-flow-logs-delivery").inputs["policy"])["Statement"]
     assert delivery["Resource"] == [group_arn, f"{group_arn}:log-stream:*"]
     assert delivery["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    assert (find["Action"], find["Resource"]) == ("logs:DescribeLogGroups", "*")  # a listing, nothing more
