@@ -82,8 +82,8 @@ def bucket_policy(*statement_groups: Document) -> Document:
     return _document(*(statement for group in statement_groups for statement in group["Statement"]))
 
 
-def access_log_delivery(log_bucket_arn: str, source_bucket_arn: str, account_id: str) -> Document:
-    """Lets S3's logging service write the source bucket's access logs into the log bucket, and only that.
+def access_log_delivery(log_bucket_arn: str, prefix: str, source_bucket_arn: str, account_id: str) -> Document:
+    """Lets S3's logging service write the source bucket's access logs below `prefix` of the log bucket.
 
     With ACLs disabled (BucketOwnerEnforced), S3 server access logging is granted by bucket policy.
     """
@@ -92,7 +92,7 @@ def access_log_delivery(log_bucket_arn: str, source_bucket_arn: str, account_id:
         "Effect": "Allow",
         "Principal": {"Service": "logging.s3.amazonaws.com"},
         "Action": "s3:PutObject",
-        "Resource": f"{log_bucket_arn}/*",
+        "Resource": f"{log_bucket_arn}/{prefix}*",
         "Condition": {
             "ArnLike": {"aws:SourceArn": source_bucket_arn},
             "StringEquals": {"aws:SourceAccount": account_id},
@@ -132,7 +132,7 @@ def flow_logs_delivery(log_group_arn: str) -> Document:
     )
 
 
-def log_group_key_policy(account_id: str, partition: str, region: str, log_group_arn: str) -> Document:
+def log_group_key_policy(account_id: str, partition: str, logs_principal: str, log_group_arn: str) -> Document:
     """KMS key policy: the account administers the key; CloudWatch Logs uses it for one log group only."""
     return _document(
         {
@@ -146,7 +146,7 @@ def log_group_key_policy(account_id: str, partition: str, region: str, log_group
         {
             "Sid": "CloudWatchLogsEncryptsOneLogGroup",
             "Effect": "Allow",
-            "Principal": {"Service": f"logs.{region}.amazonaws.com"},
+            "Principal": {"Service": logs_principal},
             "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
             "Resource": "*",
             "Condition": {"ArnEquals": {"kms:EncryptionContext:aws:logs:arn": log_group_arn}},

@@ -62,6 +62,7 @@ class AwsAccount:
     account_id: str
     region: str
     partition: str
+    dns_suffix: str = "amazonaws.com"  # "amazonaws.com.cn" in China: service principals end with it
 
 
 def _cidr_args(cidr: str) -> dict[str, str]:
@@ -140,8 +141,9 @@ class FlowLogs(pulumi.ComponentResource):
         key = aws.kms.Key(
             f"{name}-key", description=f"gitea-stack {settings.stack}: VPC flow logs",
             enable_key_rotation=True, deletion_window_in_days=KEY_DELETION_WINDOW_DAYS,
-            policy=json.dumps(iam_documents.log_group_key_policy(
-                account.account_id, account.partition, account.region, group_arn)),
+            policy=json.dumps(iam_documents.log_group_key_policy(account.account_id, account.partition,
+                                                                 f"logs.{account.region}.{account.dns_suffix}",
+                                                                 group_arn)),
             tags=tags, opts=child)
         aws.kms.Alias(f"{name}-key-alias", name=f"alias/gitea-stack/{settings.stack}/vpc-flow-logs",
                       target_key_id=key.key_id, opts=child)

@@ -62,8 +62,8 @@ def describe_instance_type(settings: Settings) -> InstanceFacts:
 def build_stack(settings: Settings) -> dict[str, Any]:
     """Registers the whole estate and returns the stack outputs."""
     region = aws.get_region().region
-    partition = aws.get_partition().partition
-    account = AwsAccount(aws.get_caller_identity().account_id, region, partition)
+    partition = aws.get_partition()
+    account = AwsAccount(aws.get_caller_identity().account_id, region, partition.partition, partition.dns_suffix)
     zone_id = find_zone_id(settings.hosted_zone)
     availability_zone = choose_availability_zone(settings, region)
     instance = describe_instance_type(settings)
@@ -72,26 +72,28 @@ def build_stack(settings: Settings) -> dict[str, Any]:
     backups = BackupBucket("backups", settings, account_id=account.account_id)
     secrets = StackSecrets("secrets", settings)
     mail = Mail("mail", settings, zone_id=zone_id, region=region)
-    all_secrets = {**secrets.secrets, "smtp-credentials": mail.smtp_secret}
+    all_secrets = {**secrets.stored, "smtp-credentials": mail.smtp_secret}
     host = GiteaHost("host", settings, HostArgs(
         subnet_id=network.subnet.id,
         availability_zone=network.subnet.availability_zone,
         security_group_id=network.security_group.id,
         backup_bucket_arn=backups.bucket.arn,
-        secret_arns=pulumi.Output.all(*(secret.arn for secret in all_secrets.values())),
+        secret_arns=pulumi.Output.all(*(stored.secret.arn for stored in all_secrets.values())),
         mail_identity_arns=mail.identity_arns,
         region=region,
-        partition=partition,
+        partition=partition.partition,
         instance=instance,
     ))
     dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
-    secret_names = pulumi.Output.all(**{key: secret.name for key, secret in all_secrets.items()})
+    secret_names = pulumi.Output.all(**{key: stored.secret.name for key, stored in all_secrets.items()})
+    # A new secret value is a new version: the converge runs again and applies it on the host.
+    secret_versions = pulumi.Output.all(*(stored.version.version_id for stored in all_secrets.values()))
     facts = pulumi.Output.all(backups.bucket.bucket, secret_names).apply(
         lambda values: stack_facts(region, values[0], values[1]))
     Provisioning(
         "provision", settings, instance,
         HostConnection(host=host.public_ip, port=settings.admin_ssh_port, private_key=host.private_key),
-        host_identity=host.instance.id, facts=facts,
+        host_identity=host.instance.id, facts=facts, secret_versions=secret_versions,
         # certbot needs the A record before it asks for the first certificate.
         opts=pulumi.ResourceOptions(depends_on=[host.data_attachment, dns]))
 

@@ -4,7 +4,8 @@ wait for the host -> install Docker (pinned) -> copy the bundle -> converge (dep
 The bundle travels as a gzipped tar on the copy command's stdin: modes survive, and the step is a
 plain command whose input is exactly what lands on the host.
 Each step's triggers are content hashes of exactly what it depends on, so a no-op `pulumi up`
-re-runs nothing, and a change confined to the bundle re-runs only the copy and the converge.
+re-runs nothing, a change confined to the bundle re-runs only the copy and the converge, and a new
+secret value (a new Secrets Manager version) re-runs only the converge.
 Secrets never travel here: the host reads them from Secrets Manager with its instance role.
 """
 
@@ -80,7 +81,7 @@ class HostConnection:
 class Provisioning(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, instance: InstanceFacts, connection: HostConnection,
                  host_identity: pulumi.Input[str], facts: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None):
+                 secret_versions: pulumi.Input[list[str]], opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:provision:Provisioning", name, None, opts)
         ssh = connection.args()
         bundle: Bundle = render_bundle(settings, instance.memory_mib)
@@ -100,8 +101,11 @@ class Provisioning(pulumi.ComponentResource):
             f"{name}-copy-bundle", connection=ssh, create=copy_command(),
             stdin=facts_output.apply(lambda text: upload_payload(bundle, text)),
             triggers=content_triggers, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]))
+        # The converge also re-runs for a new secret value (its version id, never the value itself).
+        versions_digest = pulumi.Output.from_input(secret_versions).apply(lambda ids: sha256("\n".join(ids)))
         self.converge = remote.Command(
-            f"{name}-converge", connection=ssh, create=converge_command(), triggers=content_triggers,
+            f"{name}-converge", connection=ssh, create=converge_command(),
+            triggers=[*content_triggers, versions_digest],
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[self.install, self.copy],
                 # deploy.sh logs names and states only, but its output is treated as sensitive anyway.

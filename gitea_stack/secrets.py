@@ -7,6 +7,8 @@ when `retainDataOnDestroy` is set, because the retained backups are useless with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
@@ -32,8 +34,15 @@ def secret_name_prefix(settings: Settings, key: str) -> str:
     return f"gitea-stack/{settings.stack}/{key}-"
 
 
+@dataclass(frozen=True)
+class StoredSecret:
+    """A secret and its current value's version: a new value is a new version id (never the value)."""
+    secret: aws.secretsmanager.Secret
+    version: aws.secretsmanager.SecretVersion
+
+
 def store_secret(resource_name: str, key: str, value: pulumi.Input[str], settings: Settings,
-                 parent: pulumi.Resource, retain: bool) -> aws.secretsmanager.Secret:
+                 parent: pulumi.Resource, retain: bool) -> StoredSecret:
     """A Secrets Manager secret holding `value`; with `retain`, destroy leaves it in AWS."""
     opts = pulumi.ResourceOptions(parent=parent, retain_on_delete=retain)
     secret = aws.secretsmanager.Secret(
@@ -41,26 +50,26 @@ def store_secret(resource_name: str, key: str, value: pulumi.Input[str], setting
         description=f"gitea-stack {settings.stack}: {key}",
         recovery_window_in_days=settings.secret_recovery_window_days,
         tags=settings.tags, opts=opts)
-    aws.secretsmanager.SecretVersion(
+    version = aws.secretsmanager.SecretVersion(
         f"{resource_name}-value", secret_id=secret.id,
         secret_string=pulumi.Output.secret(value), opts=opts)
-    return secret
+    return StoredSecret(secret, version)
 
 
 class StackSecrets(pulumi.ComponentResource):
-    """The generated secrets of one stack. `values[key]` are secret Outputs, `secrets[key]` the AWS secrets."""
+    """The generated secrets of one stack. `values[key]` are secret Outputs, `stored[key]` the AWS secrets."""
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:secrets:StackSecrets", name, None, opts)
         self.values: dict[str, pulumi.Output[str]] = {}
-        self.secrets: dict[str, aws.secretsmanager.Secret] = {}
+        self.stored: dict[str, StoredSecret] = {}
         for key, length in GENERATED_SECRETS.items():
             generated = random.RandomPassword(
                 f"{name}-{key}", length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
                 opts=pulumi.ResourceOptions(parent=self))
             self.values[key] = pulumi.Output.secret(generated.result)
-            self.secrets[key] = store_secret(
+            self.stored[key] = store_secret(
                 f"{name}-{key}-secret", key, self.values[key], settings, parent=self,
                 retain=settings.retain_data_on_destroy)
 
-        self.register_outputs({"secret_names": {key: s.name for key, s in self.secrets.items()}})
+        self.register_outputs({"secret_names": {key: s.secret.name for key, s in self.stored.items()}})

@@ -84,7 +84,7 @@ class AccessLogBucket(pulumi.ComponentResource):
         def policy(log_bucket_arn: pulumi.Output[str]) -> pulumi.Output[iam_documents.Document]:
             return pulumi.Output.all(log_bucket_arn, source_bucket_arn).apply(lambda arns: iam_documents.bucket_policy(
                 iam_documents.deny_insecure_transport(arns[0]),
-                iam_documents.access_log_delivery(arns[0], arns[1], account_id)))
+                iam_documents.access_log_delivery(arns[0], ACCESS_LOG_PREFIX, arns[1], account_id)))
 
         self.bucket, self.policy = _private_bucket(
             self, name, f"gitea-stack-{settings.stack}-logs-", settings,

@@ -29,14 +29,16 @@ declare -A SECRETS_OF=(
   [diun]="smtp-username smtp-password"
   [host]="restic-password runner-registration-token"
 )
-# Services that read their secret files when they start: a change recreates them. PostgreSQL reads
-# its password file only when it creates a cluster; sync_database_role applies a new one.
-RECREATED_ON_SECRET_CHANGE=" gitea diun "
+# Services that read their secret files when they start. Each gets a digest of its files in an env
+# file compose reads (runtime/<service>.env), so a changed secret changes the service's definition
+# and `compose up` recreates it: in this run or, if this one fails half-way, in the next. PostgreSQL
+# reads its password file only when it creates a cluster; sync_database_role applies a new one.
+RECREATED_ON_SECRET_CHANGE=(gitea diun)
 ADMIN_PASSWORD_FILE="$GITEA_STACK_DIR/secrets/host/gitea-admin-password"
-# Fingerprint of the secret key the forge's data was encrypted with; on the data volume, so it
-# outlives the instance.
+# Fingerprints of the secret key the forge's data was encrypted with and of the admin password last
+# applied; on the data volume, so they outlive the instance.
 SECRET_KEY_FINGERPRINT="$DATA_DIR/state/gitea-secret-key.sha256"
-RESTART_SERVICES=()
+ADMIN_PASSWORD_FINGERPRINT="$DATA_DIR/state/gitea-admin-password.sha256"
 NGINX_CHANGED=false
 
 check_free_space() {
@@ -83,7 +85,7 @@ refuse_a_changed_secret_key() {
 }
 
 install_secrets() {
-  local staging service key changed
+  local staging service key
   staging=$(mktemp -d "$GITEA_STACK_DIR/secrets/.staging.XXXXXX")
   STAGING_DIR=$staging
   # Everything is fetched and checked before anything is replaced: a missing secret changes nothing.
@@ -93,24 +95,28 @@ install_secrets() {
   for service in "${!SECRETS_OF[@]}"; do
     install -d -m 0700 -o "${SECRET_OWNER[$service]}" -g "${SECRET_OWNER[$service]}" \
       "$GITEA_STACK_DIR/secrets/$service"
-    changed=false
     for key in ${SECRETS_OF[$service]}; do
-      if install_if_changed "$GITEA_STACK_DIR/secrets/$service/$key" "$staging/$key" \
-        "${SECRET_OWNER[$service]}" 0600; then
-        changed=true
-      fi
+      install_if_changed "$GITEA_STACK_DIR/secrets/$service/$key" "$staging/$key" \
+        "${SECRET_OWNER[$service]}" 0600 || true
     done
-    if [ "$changed" = true ] && [[ $RECREATED_ON_SECRET_CHANGE == *" $service "* ]]; then
-      RESTART_SERVICES+=("$service")
-    fi
   done
   [ -s "$SECRET_KEY_FINGERPRINT" ] || fingerprint "$staging/gitea-secret-key" >"$SECRET_KEY_FINGERPRINT"
-  local smtp_env="$staging/diun-smtp.env"
-  printf 'DIUN_NOTIF_MAIL_HOST=%s\nDIUN_NOTIF_MAIL_PORT=%s\n' \
-    "$(cat "$staging/smtp-host")" "$(cat "$staging/smtp-port")" >"$smtp_env"
-  if install_if_changed "$GITEA_STACK_DIR/runtime/diun-smtp.env" "$smtp_env" 0 0600; then
-    RESTART_SERVICES+=(diun)
+  for service in "${RECREATED_ON_SECRET_CHANGE[@]}"; do
+    write_service_env "$service"
+  done
+}
+
+# runtime/<service>.env: the digest of the service's secret files, and what else it needs at start.
+write_service_env() {
+  local service=$1 keys digest env_file="$STAGING_DIR/$1.env"
+  read -ra keys <<<"${SECRETS_OF[$service]}"
+  digest=$(cd "$GITEA_STACK_DIR/secrets/$service" && cat -- "${keys[@]}" | sha256sum | cut -d ' ' -f 1)
+  printf 'GITEA_STACK_SECRETS_DIGEST=%s\n' "$digest" >"$env_file"
+  if [ "$service" = diun ]; then  # the SES SMTP endpoint, which depends on the region
+    printf 'DIUN_NOTIF_MAIL_HOST=%s\nDIUN_NOTIF_MAIL_PORT=%s\n' \
+      "$(cat "$STAGING_DIR/smtp-host")" "$(cat "$STAGING_DIR/smtp-port")" >>"$env_file"
   fi
+  install_if_changed "$GITEA_STACK_DIR/runtime/$service.env" "$env_file" 0 0600 || true
 }
 
 certificate_exists() { [ -s "$DATA_DIR/letsencrypt/live/$DOMAIN/fullchain.pem" ]; }
@@ -190,7 +196,14 @@ sync_database_role() {
     'ALTER DATABASE gitea OWNER TO gitea;' \
     'ALTER ROLE postgres PASSWORD NULL;' \
     | compose exec -T postgres psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres \
-    >/dev/null || die "could not set up the database role gitea"
+    >/dev/null && return 0
+  if [ "$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=gitea --dbname=gitea \
+    --command='SELECT rolname FROM pg_roles WHERE oid = 10' 2>/dev/null)" = gitea ]; then
+    die "the database cluster was created with gitea as its superuser (gitea-stack before 0.2), which" \
+      "this version does not take over; nothing was changed. Move the data into a new cluster (dump and" \
+      "restore) before running this version"
+  fi
+  die "could not set up the database role gitea"
 }
 
 obtain_certificate() {
@@ -226,35 +239,49 @@ set_admin_password() {
     'header = "Content-Type: application/json"' "data = $(quoted "$body")" \
     "url = \"http://localhost:3000/api/v1/admin/users/$ADMIN_USERNAME\"" \
     'fail' 'silent' 'show-error' 'output = "/dev/null"' \
-    | compose exec -T gitea curl --config - || die "could not set the password of $ADMIN_USERNAME"
+    | compose exec -T gitea curl --config -
 }
 
-# The first administrator, once; afterwards, a changed gitea-admin-password is applied to it.
+create_admin_user() {
+  local output temporary
+  log "creating the Gitea administrator $ADMIN_USERNAME"
+  output=$(compose exec -T gitea gitea admin user create --admin --username "$ADMIN_USERNAME" \
+    --email "$ADMIN_EMAIL" --random-password --must-change-password=false) \
+    || die "Gitea refused to create $ADMIN_USERNAME"
+  temporary=$(sed -n "s/^generated random password is '\(.*\)'\$/\1/p" <<<"$output")
+  if [ -z "$temporary" ] || ! set_admin_password "$temporary" "$1"; then
+    # An administrator nobody knows the password of helps no one: start over at the next converge.
+    compose exec -T gitea gitea admin user delete --username "$ADMIN_USERNAME" >/dev/null || true
+    die "could not set the password of the new administrator $ADMIN_USERNAME; it was removed again" \
+      "and the next converge creates it anew"
+  fi
+}
+
+# The first administrator, once; afterwards a new gitea-admin-password is applied to it. Nothing
+# else touches the account: a password changed in Gitea or 2FA stays as the administrator made it.
 ensure_admin_user() {
-  local listed output temporary staged=$STAGING_DIR/gitea-admin-password
+  local listed staged=$STAGING_DIR/gitea-admin-password
   listed=$(compose exec -T gitea gitea admin user list --admin) || die "could not list Gitea's administrators"
   if ! awk 'NR > 1 { print $2 }' <<<"$listed" | grep -qxF "$ADMIN_USERNAME"; then
-    log "creating the Gitea administrator $ADMIN_USERNAME"
-    output=$(compose exec -T gitea gitea admin user create --admin --username "$ADMIN_USERNAME" \
-      --email "$ADMIN_EMAIL" --random-password --must-change-password=false) \
-      || die "Gitea refused to create $ADMIN_USERNAME"
-    temporary=$(sed -n "s/^generated random password is '\(.*\)'\$/\1/p" <<<"$output")
-    [ -n "$temporary" ] || die "Gitea did not report the temporary password of $ADMIN_USERNAME"
-    set_admin_password "$temporary" "$(<"$staged")"
-  elif [ -e "$ADMIN_PASSWORD_FILE" ] && cmp -s "$staged" "$ADMIN_PASSWORD_FILE"; then
-    return 0
+    create_admin_user "$(<"$staged")"
+  elif [ "$(fingerprint "$staged")" = "$(cat "$ADMIN_PASSWORD_FINGERPRINT" 2>/dev/null)" ] \
+    || { [ -e "$ADMIN_PASSWORD_FILE" ] && cmp -s "$staged" "$ADMIN_PASSWORD_FILE"; }; then
+    :  # this value was applied before (also before this instance, if it is a new one)
   elif admin_accepts "$(<"$staged")"; then
-    :  # already set (a replaced instance, or set by hand to the stack's value)
+    :  # already the stack's value (set by hand)
   elif [ -e "$ADMIN_PASSWORD_FILE" ] && admin_accepts "$(<"$ADMIN_PASSWORD_FILE")"; then
     log "gitea-admin-password changed: setting the new password of $ADMIN_USERNAME"
-    set_admin_password "$(<"$ADMIN_PASSWORD_FILE")" "$(<"$staged")"
+    set_admin_password "$(<"$ADMIN_PASSWORD_FILE")" "$(<"$staged")" \
+      || die "could not set the new password of $ADMIN_USERNAME; the previous one still works"
   else
     die "gitea-admin-password changed, but Gitea accepts neither the new nor the previous value for" \
-      "$ADMIN_USERNAME (was it changed in Gitea?); nothing else was changed. Sign in and set the password to" \
-      "the new value (pulumi stack output adminPassword --show-secrets), then run pulumi up again"
+      "$ADMIN_USERNAME over its API (the password was changed in Gitea, or 2FA is on); nothing else" \
+      "was changed. Either put the previous value back in Secrets Manager, or sign in and set the" \
+      "password to the new value; then run pulumi up again"
   fi
-  # Kept only once applied, so an interrupted converge tries again with the previous value.
+  # Recorded only once applied, so an interrupted converge tries again with the previous value.
   install -o 0 -g 0 -m 0600 "$staged" "$ADMIN_PASSWORD_FILE"
+  fingerprint "$staged" >"$ADMIN_PASSWORD_FINGERPRINT"
 }
 
 install_systemd_units() {
@@ -292,12 +319,9 @@ compose up --detach postgres >/dev/null
 wait_until_healthy postgres
 sync_database_role
 gitea_before=$(compose ps --quiet gitea)
-# Compose recreates exactly the services whose definition changed; the rest keep running.
+# Compose recreates exactly the services whose definition (secret digests included) changed; the
+# rest keep running.
 compose up --detach --remove-orphans "${SERVICES[@]}" >/dev/null
-for service in "${RESTART_SERVICES[@]}"; do
-  log "secrets of $service changed: recreating it"
-  compose up --detach --no-deps --force-recreate "$service" >/dev/null
-done
 # A new gitea container may have a new address; a reload also drops nginx's cached lookup at once.
 if [ "$NGINX_CHANGED" = true ] || [ "$(compose ps --quiet gitea)" != "$gitea_before" ]; then reload_nginx; fi
 obtain_certificate

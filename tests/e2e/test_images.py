@@ -222,9 +222,10 @@ def postgres(docker, images, network, tmp_path_factory) -> str:
                "--env", "POSTGRES_PASSWORD_FILE=/run/gitea-stack/postgres-password",
                "--volume", f"{data}:/var/lib/postgresql",
                "--volume", f"{work / 'secrets'}:/run/gitea-stack:ro", images["postgres"])
+    # Compose's healthcheck: over TCP, which is up only once initdb's socket-only server has stopped.
     wait_until("postgres ready (compose's healthcheck)",
-               lambda: docker.run("exec", name, "pg_isready", "--username=gitea", "--dbname=gitea",
-                                  check=False).returncode == 0,
+               lambda: docker.run("exec", name, "pg_isready", "--host=127.0.0.1", "--username=gitea",
+                                  "--dbname=gitea", check=False).returncode == 0,
                on_timeout=lambda: docker.logs(name))
     assert (data / "18" / "docker" / "PG_VERSION").exists()
     return name
@@ -321,6 +322,14 @@ def test_gitea_cli_creates_and_lists_the_admin_as_deploy_sh_does(docker, gitea):
     assert old == "401"
     token = docker.run("exec", gitea, "gitea", "actions", "generate-runner-token").stdout.strip()
     assert len(token) >= 32
+
+    # deploy.sh's way back when a new administrator's password could not be set.
+    docker.run("exec", gitea, "gitea", "admin", "user", "create", "--username", "smoke-throwaway",
+               "--email", "throwaway@example.com", "--random-password")
+    docker.run("exec", gitea, "gitea", "admin", "user", "delete", "--username", "smoke-throwaway")
+    names = [line.split()[1] for line in docker.run("exec", gitea, "gitea", "admin", "user", "list").stdout
+             .splitlines()[1:]]
+    assert names == ["smoke-admin"]
 
 
 def test_nginx_accepts_the_bundles_sites_and_answers_its_healthcheck(docker, images, tmp_path):

@@ -101,8 +101,10 @@ class StackRun:
 class FakeAws(pulumi.runtime.Mocks):
     """Deterministic answers from AWS, random and tls. Unmocked data-source calls fail the test."""
 
-    def __init__(self, zones: tuple[str, ...] = (f"{REGION}b", f"{REGION}a", f"{REGION}c")):
+    def __init__(self, zones: tuple[str, ...] = (f"{REGION}b", f"{REGION}a", f"{REGION}c"),
+                 secret_version: str = "v1"):
         self.zones = zones
+        self.secret_version = secret_version  # the version id every stored secret value gets
         self.secrets: set[str] = set()
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -148,6 +150,8 @@ class FakeAws(pulumi.runtime.Mocks):
             outputs["name"] = inputs.get("name") or f"{name}-mock"
             outputs["arn"] = f"arn:aws:iam::{ACCOUNT}:{kind.rsplit(':', 1)[-1].lower()}{inputs.get('path', '/')}" \
                              f"{outputs['name']}"
+        elif kind == "aws:secretsmanager/secretVersion:SecretVersion":
+            outputs["versionId"] = f"{name}-{self.secret_version}"
         elif kind == "aws:kms/key:Key":
             resource_id = "mock-key-0000-1111"
             outputs.update(keyId=resource_id, arn=f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{resource_id}")

@@ -20,10 +20,12 @@ from tests.harness.tools import require_tool
 
 @pytest.fixture(params=list(VARIANTS))
 def rendered(request, tmp_path) -> Path:
-    # The bundle directory is a render parameter; deploy.sh writes runtime/diun-smtp.env on the host.
+    # The bundle directory is a render parameter; deploy.sh writes runtime/<service>.env on the host.
     write_bundle(render(variant(request.param), HostLayout(bundle_dir=str(tmp_path))), tmp_path)
     (tmp_path / "runtime").mkdir()
-    (tmp_path / "runtime" / "diun-smtp.env").write_text("DIUN_NOTIF_MAIL_HOST=email-smtp.eu-central-1.amazonaws.com\n")
+    (tmp_path / "runtime" / "gitea.env").write_text("GITEA_STACK_SECRETS_DIGEST=0\n")
+    (tmp_path / "runtime" / "diun.env").write_text("GITEA_STACK_SECRETS_DIGEST=0\n"
+                                                   "DIUN_NOTIF_MAIL_HOST=email-smtp.eu-central-1.amazonaws.com\n")
     return tmp_path
 
 

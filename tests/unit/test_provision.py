@@ -76,6 +76,16 @@ def test_triggers_are_identical_across_runs(example_run, run_with):
     assert triggers(example_run) == triggers(run_with())
 
 
+def test_a_new_secret_value_reruns_only_the_converge(example_config, example_run):
+    from tests.harness.pulumi_mocks import FakeAws, run_program
+    rotated = run_program(example_config, mocks=FakeAws(secret_version="v2"))
+    before, after = triggers(example_run), triggers(rotated)
+    assert {name for name in STEPS if before[name] != after[name]} == {"provision-converge"}
+    # Only version ids go into the trigger: no secret value is in it, in plain text or hashed.
+    converge = rotated.named("provision-converge")
+    assert not any(value in str(converge.inputs["triggers"]) for value in rotated.mock_secrets)
+
+
 def test_an_nginx_only_change_reruns_only_the_copy_and_the_converge(example_run, run_with, monkeypatch):
     original = gitea_stack.bundle.render_template
 

@@ -72,7 +72,7 @@ def test_only_s3_logging_of_the_backup_bucket_may_write_access_logs(example_run)
     logs_arn = "arn:aws:s3:::gitea-stack-prod-logs-mock"
     assert json.loads(policy.inputs["policy"])["Statement"] == [tls_deny(logs_arn), {
         "Sid": "S3ServerAccessLogsDelivery", "Effect": "Allow", "Principal": {"Service": "logging.s3.amazonaws.com"},
-        "Action": "s3:PutObject", "Resource": f"{logs_arn}/*",
+        "Action": "s3:PutObject", "Resource": f"{logs_arn}/backup-bucket/*",
         "Condition": {"ArnLike": {"aws:SourceArn": "arn:aws:s3:::gitea-stack-prod-backups-mock"},
                       "StringEquals": {"aws:SourceAccount": "123456789012"}}}]
 

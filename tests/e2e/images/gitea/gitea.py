@@ -29,6 +29,7 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
                      [--access-token]
   gitea admin user list [--admin]
   gitea admin user change-password --username U --password P [--must-change-password[=BOOL]]
+  gitea admin user delete (--username U | --id N | --email E) [--purge]
   gitea actions generate-runner-token [--scope S]       (alias: grt)
   gitea --version
 
@@ -419,6 +420,23 @@ def cmd_user_change_password(args: list[str]) -> int:
     return 0
 
 
+def cmd_user_delete(args: list[str]) -> int:
+    values, positional = parse_flags(args, {"username": "string", "u": "username", "id": "int",
+                                            "email": "string", "e": "email", "purge": "bool", "p": "purge"})
+    no_positionals(positional, "admin user delete")
+    if not any(key in values for key in ("username", "id", "email")):
+        raise CommandError("You must provide the id, username or email of a user to delete")
+    with state_for(values).open(write=True) as data:
+        user = next((u for u in data["users"]
+                     if ("username" not in values or u["username"].lower() == str(values["username"]).lower())
+                     and ("id" not in values or u["id"] == values["id"])
+                     and ("email" not in values or u["email"].lower() == str(values["email"]).lower())), None)
+        if user is None:
+            raise CommandError(f"user does not exist [uid: {values.get('id', 0)}, name: {values.get('username', '')}]")
+        data["users"].remove(user)
+    return 0
+
+
 def cmd_generate_runner_token(args: list[str]) -> int:
     values, positional = parse_flags(args, {"scope": "string", "s": "scope"})
     no_positionals(positional, "actions generate-runner-token")
@@ -677,6 +695,7 @@ COMMANDS = {
     ("admin", "user", "create"): cmd_user_create,
     ("admin", "user", "list"): cmd_user_list,
     ("admin", "user", "change-password"): cmd_user_change_password,
+    ("admin", "user", "delete"): cmd_user_delete,
     ("actions", "generate-runner-token"): cmd_generate_runner_token,
     ("actions", "grt"): cmd_generate_runner_token,
 }
