@@ -35,6 +35,8 @@ class HostArgs:
     region: str
     partition: str
     instance: InstanceFacts
+    # A volume a destroyed stack kept (`adopt.dataVolumeId`): attached, never created or deleted here.
+    adopted_volume_id: str = ""
 
 
 def find_ubuntu_ami(architecture: str) -> str:
@@ -79,10 +81,16 @@ class GiteaHost(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-profile", path="/gitea-stack/", role=role.name, tags=tags,
                                           opts=child)
 
-        self.data_volume = aws.ebs.Volume(
-            f"{name}-data", availability_zone=args.availability_zone, size=settings.data_volume_gib, type="gp3",
-            encrypted=True, final_snapshot=False, tags={**tags, "Name": f"gitea-stack-{settings.stack}-data"},
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.retain_data_on_destroy))
+        self.data_volume: aws.ebs.Volume | None = None
+        if args.adopted_volume_id:
+            self.data_volume_id: pulumi.Output[str] = pulumi.Output.from_input(args.adopted_volume_id)
+        else:
+            # A larger size is applied in place (the converge then grows the filesystem online).
+            self.data_volume = aws.ebs.Volume(
+                f"{name}-data", availability_zone=args.availability_zone, size=settings.data_volume_gib, type="gp3",
+                encrypted=True, final_snapshot=False, tags={**tags, "Name": f"gitea-stack-{settings.stack}-data"},
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.retain_data_on_destroy))
+            self.data_volume_id = self.data_volume.id
 
         self.instance = aws.ec2.Instance(
             f"{name}-instance",
@@ -99,9 +107,9 @@ class GiteaHost(pulumi.ComponentResource):
             root_block_device={"volume_type": "gp3", "volume_size": settings.root_volume_gib, "encrypted": True,
                                "delete_on_termination": True,
                                "tags": {**tags, "Name": f"gitea-stack-{settings.stack}-root"}},
-            user_data=self.data_volume.id.apply(lambda volume_id: render_user_data(settings, volume_id)),
-            # cloud-init runs once per instance, so changed user data (an SSH port) needs a new instance;
-            # the data volume and address move over to it.
+            user_data=self.data_volume_id.apply(lambda volume_id: render_user_data(settings, volume_id)),
+            # cloud-init runs once per instance, so changed user data (the admin SSH port) needs a new
+            # instance; the data volume and address move over to it. Nothing else is in the user data.
             user_data_replace_on_change=True,
             tags={**tags, "Name": f"gitea-stack-{settings.stack}"},
             opts=pulumi.ResourceOptions(
@@ -113,7 +121,7 @@ class GiteaHost(pulumi.ComponentResource):
             ),
         )
         self.data_attachment = aws.ec2.VolumeAttachment(
-            f"{name}-data-attachment", device_name=DATA_DEVICE_NAME, volume_id=self.data_volume.id,
+            f"{name}-data-attachment", device_name=DATA_DEVICE_NAME, volume_id=self.data_volume_id,
             instance_id=self.instance.id, stop_instance_before_detaching=True, opts=child)
 
         self.elastic_ip = aws.ec2.Eip(
@@ -132,4 +140,4 @@ class GiteaHost(pulumi.ComponentResource):
         self.public_ip = self.elastic_ip.public_ip
         self.private_key = self.provisioning_key.private_key_openssh
         self.register_outputs({"instance_id": self.instance.id, "public_ip": self.public_ip,
-                               "data_volume_id": self.data_volume.id})
+                               "data_volume_id": self.data_volume_id})

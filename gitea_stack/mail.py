@@ -80,7 +80,7 @@ class Mail(pulumi.ComponentResource):
                                         parent=self, retain=False)
 
         self.register_outputs({"domain_identity_arn": self.domain_identity.arn,
-                               "smtp_secret_name": self.smtp_secret.secret.name})
+                               "smtp_secret_name": self.smtp_secret.name})
 
     def _record(self, resource_name: str, zone_id: pulumi.Input[str], record_name: pulumi.Input[str],
                 record_type: str, records: list) -> aws.route53.Record:

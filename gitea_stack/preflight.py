@@ -37,7 +37,13 @@ from botocore.exceptions import (
 )
 
 from gitea_stack.cli import StackFileProblem, read_stack, stack_file_values, stack_region
-from gitea_stack.settings import Settings, qualified
+from gitea_stack.settings import (
+    ALLOW_PLACEHOLDERS_VARIABLE,
+    Settings,
+    SettingsError,
+    placeholder_problems,
+    qualified,
+)
 from gitea_stack.sizing import InstanceTypeError, host_architecture, instance_facts
 from gitea_stack.versions import DOCKER_PACKAGES
 
@@ -576,6 +582,10 @@ def preflight_command(args: argparse.Namespace) -> int:
         stack_file, settings = read_stack(args.project_dir, args.stack)
     except StackFileProblem as problem:
         print(f"preflight: {problem}", file=sys.stderr)
+        return 2
+    placeholders = [] if os.environ.get(ALLOW_PLACEHOLDERS_VARIABLE) == "1" else placeholder_problems(settings)
+    if placeholders:
+        print(f"preflight: {SettingsError(placeholders)}", file=sys.stderr)
         return 2
     region = stack_region(stack_file)
     if not region:

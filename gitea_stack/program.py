@@ -2,39 +2,86 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
+from gitea_stack import changes, existing, reachability
 from gitea_stack.compute import GiteaHost, HostArgs
 from gitea_stack.dns import ForgeDns, find_zone_id
 from gitea_stack.mail import Mail
 from gitea_stack.network import AwsAccount, Network
 from gitea_stack.provision import HostConnection, Provisioning, stack_facts
-from gitea_stack.secrets import StackSecrets
-from gitea_stack.settings import NAMESPACE, Settings, SettingsError, parse_settings, qualified
+from gitea_stack.secrets import GENERATED_SECRETS, KeptSecret, StackSecrets
+from gitea_stack.settings import (
+    ALLOW_PLACEHOLDERS_VARIABLE,
+    NAMESPACE,
+    Settings,
+    SettingsError,
+    parse_settings,
+    placeholder_problems,
+    qualified,
+    unknown_key_problems,
+)
 from gitea_stack.sizing import InstanceFacts, InstanceTypeError, instance_facts
 from gitea_stack.storage import BackupBucket
 
 
-def read_stack_config() -> dict[str, Any]:
-    """Every `gitea-stack:*` value of the stack, unknown keys included, so typos can be reported."""
-    prefix = f"{NAMESPACE}:"
+def read_config(namespace: str) -> dict[str, Any]:
+    """Every `<namespace>:*` value of the stack, unknown keys included, so typos can be reported."""
+    prefix = f"{namespace}:"
     values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     return {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix)}
 
 
+def aws_provider_keys() -> tuple[str, ...]:
+    """The `aws:` settings the installed pulumi-aws provider knows, from its own config module."""
+    # pulumi_aws.config loads lazily, then becomes an object whose class declares one property per
+    # setting (snake_case); reading one setting loads it.
+    import sys
+
+    import pulumi_aws.config
+    _ = pulumi_aws.config.region
+    loaded = sys.modules["pulumi_aws.config"]
+    properties = [name for name, value in vars(type(loaded)).items() if isinstance(value, property)]
+    return tuple(sorted(re.sub(r"_([a-z0-9])", lambda match: match.group(1).upper(), name) for name in properties))
+
+
 def load_settings() -> Settings:
+    problems = unknown_key_problems("aws", set(read_config("aws")), aws_provider_keys())
     try:
-        return parse_settings(read_stack_config(), pulumi.get_stack())
+        settings = parse_settings(read_config(NAMESPACE), pulumi.get_stack())
     except SettingsError as error:
         # RunError ends the program with the message alone, before any resource is registered.
-        raise pulumi.RunError(str(error)) from None
+        raise pulumi.RunError(str(SettingsError(problems + error.problems))) from None
+    if os.environ.get(ALLOW_PLACEHOLDERS_VARIABLE) != "1":
+        problems += placeholder_problems(settings)
+    if problems:
+        raise pulumi.RunError(str(SettingsError(problems)))
+    return settings
 
 
-def choose_availability_zone(settings: Settings, region: str) -> str:
+def check_operator_can_reach_host(settings: Settings) -> None:
+    """Fails `pulumi up` (warns in a preview) when this machine is outside `sshAllowedCidrs`."""
+    url = reachability.check_url()
+    if url is None:
+        return
+    address, unknown = reachability.public_address(url)
+    if address is None:
+        pulumi.log.warn(f"not checked whether this machine may reach the host's admin SSH: {unknown}")
+        return
+    problem = reachability.outside_allowed_problem(address, settings.ssh_allowed_cidrs, settings.admin_ssh_port)
+    if problem and pulumi.runtime.is_dry_run():
+        pulumi.log.warn(problem)
+    elif problem:
+        raise pulumi.RunError(problem)
+
+
+def offered_zones(settings: Settings, region: str) -> list[str]:
     offerings = aws.ec2.get_instance_type_offerings(
         location_type="availability-zone",
         filters=[{"name": "instance-type", "values": [settings.instance_type]}])
@@ -43,13 +90,67 @@ def choose_availability_zone(settings: Settings, region: str) -> str:
         raise pulumi.RunError(
             f"{qualified('instanceType')}: {settings.instance_type} is not offered in any availability zone of "
             f"{region}; expected an instance type this region sells")
-    return zones[0]
+    return zones
+
+
+def refuse(problems: list[str]) -> None:
+    if problems:
+        raise pulumi.RunError(str(SettingsError(problems)))
+
+
+def check_changes_to_running_stack(settings: Settings, instance: InstanceFacts) -> None:
+    """Changes EC2 cannot make to a running forge are refused here, before anything changes."""
+    problems = []
+    if not settings.adopt.data_volume_id:
+        problems.append(changes.volume_shrink_problem(existing.running_data_volume(settings), settings.data_volume_gib))
+    running = existing.running_instance_type(settings)
+    if running:
+        problems.append(changes.architecture_change_problem(
+            running[0], running[1], settings.instance_type, instance.architecture))
+    refuse([problem for problem in problems if problem])
+
+
+def adopted_volume_zone(settings: Settings, zones: list[str]) -> str:
+    volume_id = settings.adopt.data_volume_id
+    volume = existing.describe_volume(volume_id)
+    refuse(changes.adopted_volume_problems(volume, volume_id, settings.data_volume_gib, zones))
+    return volume.availability_zone
+
+
+def check_adopted_bucket(settings: Settings, region: str) -> None:
+    bucket = settings.adopt.backup_bucket
+    if bucket:
+        refuse([problem for problem in [changes.adopted_bucket_problem(existing.bucket_region(bucket), bucket, region)]
+                if problem])
+
+
+def kept_secrets(settings: Settings) -> dict[str, KeptSecret]:
+    from_stack = settings.adopt.secrets_from_stack
+    if not from_stack:
+        return {}
+    names, problems = changes.kept_secret_names(existing.kept_secret_names(from_stack), from_stack, GENERATED_SECRETS)
+    refuse(problems)
+    kept = {}
+    for key, name in names.items():
+        arn, version = existing.secret_arn_and_version(name)
+        kept[key] = KeptSecret(arn=arn, name=name, version_id=version, value=existing.secret_value(arn))
+    return kept
+
+
+def backup_bucket(settings: Settings, account: AwsAccount) -> tuple[pulumi.Input[str], pulumi.Input[str],
+                                                                     pulumi.Input[str] | None]:
+    """(name, ARN, access-log bucket name or None) of the bucket this stack backs up to."""
+    adopted = settings.adopt.backup_bucket
+    if adopted:
+        return adopted, f"arn:{account.partition}:s3:::{adopted}", None
+    backups = BackupBucket("backups", settings, account_id=account.account_id)
+    return backups.bucket.bucket, backups.bucket.arn, backups.access_logs.bucket.bucket
 
 
 def describe_instance_type(settings: Settings) -> InstanceFacts:
     """Memory and architecture of the instance type, from AWS rather than guessed from its name.
 
-    Call it after `choose_availability_zone`: a type AWS does not know has no offerings and is
+    Call it after `offered_zones`: a type AWS does not know has no offerings and is
     reported there, since a failed data-source call cannot be caught in a Pulumi program.
     """
     described = aws.ec2.get_instance_type(instance_type=settings.instance_type)
@@ -65,30 +166,36 @@ def build_stack(settings: Settings) -> dict[str, Any]:
     partition = aws.get_partition()
     account = AwsAccount(aws.get_caller_identity().account_id, region, partition.partition, partition.dns_suffix)
     zone_id = find_zone_id(settings.hosted_zone)
-    availability_zone = choose_availability_zone(settings, region)
+    zones = offered_zones(settings, region)
     instance = describe_instance_type(settings)
+    availability_zone = adopted_volume_zone(settings, zones) if settings.adopt.data_volume_id else zones[0]
+    check_changes_to_running_stack(settings, instance)
+    kept = kept_secrets(settings)
+    check_adopted_bucket(settings, region)
+    check_operator_can_reach_host(settings)
 
     network = Network("network", settings, availability_zone=availability_zone, account=account)
-    backups = BackupBucket("backups", settings, account_id=account.account_id)
-    secrets = StackSecrets("secrets", settings)
+    bucket_name, bucket_arn, access_log_bucket = backup_bucket(settings, account)
+    secrets = StackSecrets("secrets", settings, kept=kept)
     mail = Mail("mail", settings, zone_id=zone_id, region=region)
     all_secrets = {**secrets.stored, "smtp-credentials": mail.smtp_secret}
     host = GiteaHost("host", settings, HostArgs(
         subnet_id=network.subnet.id,
         availability_zone=network.subnet.availability_zone,
         security_group_id=network.security_group.id,
-        backup_bucket_arn=backups.bucket.arn,
-        secret_arns=pulumi.Output.all(*(stored.secret.arn for stored in all_secrets.values())),
+        backup_bucket_arn=bucket_arn,
+        secret_arns=pulumi.Output.all(*(stored.arn for stored in all_secrets.values())),
         mail_identity_arns=mail.identity_arns,
         region=region,
         partition=partition.partition,
         instance=instance,
+        adopted_volume_id=settings.adopt.data_volume_id,
     ))
     dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
-    secret_names = pulumi.Output.all(**{key: stored.secret.name for key, stored in all_secrets.items()})
+    secret_names = pulumi.Output.all(**{key: stored.name for key, stored in all_secrets.items()})
     # A new secret value is a new version: the converge runs again and applies it on the host.
-    secret_versions = pulumi.Output.all(*(stored.version.version_id for stored in all_secrets.values()))
-    facts = pulumi.Output.all(backups.bucket.bucket, secret_names).apply(
+    secret_versions = pulumi.Output.all(*(stored.version_id for stored in all_secrets.values()))
+    facts = pulumi.Output.all(bucket_name, secret_names).apply(
         lambda values: stack_facts(region, values[0], values[1]))
     Provisioning(
         "provision", settings, instance,
@@ -97,21 +204,26 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         # certbot needs the A record before it asks for the first certificate.
         opts=pulumi.ResourceOptions(depends_on=[host.data_attachment, dns]))
 
-    return {
+    outputs = {
         "url": settings.https_url,
+        "adminUsername": settings.admin_username,
+        # Shown with `pulumi stack output adminPassword --show-secrets`; change it after the first sign-in.
+        "adminPassword": pulumi.Output.secret(secrets.values["gitea-admin-password"]),
         "publicIp": host.public_ip,
         "adminSshCommand": pulumi.Output.concat(
             f"ssh -i gitea-stack-{settings.stack}.key -p {settings.admin_ssh_port} ubuntu@", host.public_ip),
         "gitCloneHttps": settings.https_clone_url("OWNER", "REPOSITORY"),
         "gitCloneSsh": settings.ssh_clone_url("OWNER", "REPOSITORY"),
-        "backupBucket": backups.bucket.bucket,
-        "accessLogBucket": backups.access_logs.bucket.bucket,
+        "backupBucket": bucket_name,
         "flowLogGroup": network.flow_logs.log_group.name,
         "secretNames": secret_names,
         "instanceId": host.instance.id,
-        "dataVolumeId": host.data_volume.id,
+        "dataVolumeId": host.data_volume_id,
         "provisioningPrivateKey": pulumi.Output.secret(host.private_key),
     }
+    if access_log_bucket is not None:  # an adopted bucket keeps the logging its own stack gave it
+        outputs["accessLogBucket"] = access_log_bucket
+    return outputs
 
 
 def main() -> None:

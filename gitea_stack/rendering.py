@@ -47,7 +47,6 @@ def render_user_data(settings: Settings, data_volume_id: str) -> str:
         "cloud-init.yaml.j2",
         stack=settings.stack,
         admin_ssh_port=settings.admin_ssh_port,
-        git_ssh_port=settings.git_ssh_port,
         data_volume_id=data_volume_id,
         data_mount_point=DATA_MOUNT_POINT,
         mount_script=read_script("mount-data-volume.sh"),

@@ -36,9 +36,19 @@ def secret_name_prefix(settings: Settings, key: str) -> str:
 
 @dataclass(frozen=True)
 class StoredSecret:
-    """A secret and its current value's version: a new value is a new version id (never the value)."""
-    secret: aws.secretsmanager.Secret
-    version: aws.secretsmanager.SecretVersion
+    """A secret in Secrets Manager, by what the stack needs of it: a new value is a new version id."""
+    arn: pulumi.Input[str]
+    name: pulumi.Input[str]
+    version_id: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class KeptSecret:
+    """A secret a destroyed stack left behind, which this stack reads and never changes."""
+    arn: str
+    name: str
+    version_id: pulumi.Input[str]
+    value: pulumi.Output[str]
 
 
 def store_secret(resource_name: str, key: str, value: pulumi.Input[str], settings: Settings,
@@ -53,16 +63,27 @@ def store_secret(resource_name: str, key: str, value: pulumi.Input[str], setting
     version = aws.secretsmanager.SecretVersion(
         f"{resource_name}-value", secret_id=secret.id,
         secret_string=pulumi.Output.secret(value), opts=opts)
-    return StoredSecret(secret, version)
+    return StoredSecret(secret.arn, secret.name, version.version_id)
 
 
 class StackSecrets(pulumi.ComponentResource):
-    """The generated secrets of one stack. `values[key]` are secret Outputs, `stored[key]` the AWS secrets."""
+    """The generated secrets of one stack. `values[key]` are secret Outputs, `stored[key]` the AWS secrets.
 
-    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+    With `kept` (adoption) the stack generates nothing: it uses the secrets a destroyed stack left,
+    so the data encrypted with them opens, and its own destroy leaves them alone.
+    """
+
+    def __init__(self, name: str, settings: Settings, kept: dict[str, KeptSecret] | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:secrets:StackSecrets", name, None, opts)
         self.values: dict[str, pulumi.Output[str]] = {}
         self.stored: dict[str, StoredSecret] = {}
+        if kept:
+            for key, secret in kept.items():
+                self.values[key] = secret.value
+                self.stored[key] = StoredSecret(secret.arn, secret.name, secret.version_id)
+            self.register_outputs({"secret_names": {key: s.name for key, s in self.stored.items()}})
+            return
         for key, length in GENERATED_SECRETS.items():
             generated = random.RandomPassword(
                 f"{name}-{key}", length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
@@ -72,4 +93,4 @@ class StackSecrets(pulumi.ComponentResource):
                 f"{name}-{key}-secret", key, self.values[key], settings, parent=self,
                 retain=settings.retain_data_on_destroy)
 
-        self.register_outputs({"secret_names": {key: s.secret.name for key, s in self.stored.items()}})
+        self.register_outputs({"secret_names": {key: s.name for key, s in self.stored.items()}})

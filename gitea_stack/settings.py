@@ -40,11 +40,29 @@ MAX_EXTRA_EGRESS_PORTS = 40
 # Retention periods CloudWatch Logs accepts (PutRetentionPolicy); anything else is refused by AWS.
 CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
                              2557, 2922, 3288, 3653)
+# Admin SSH ranges, merged, may be no wider than this: an ISP's or a cloud region's block at most.
+# Several ranges that add up to the whole internet are as open as 0.0.0.0/0.
+WIDEST_ADMIN_PREFIX = {4: 8, 6: 16}
 # The stack name is part of AWS names: `gitea-stack-<stack>-backups-` must stay within the 37
 # characters S3 allows a bucket name prefix (63 less the 26 the provider appends), in lowercase.
 STACK_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?$")
 STACK_NAME_RULE = ("1 to 16 lowercase letters, digits and hyphens, starting and ending with a letter or digit "
                    "(it becomes part of AWS names such as the backup bucket gitea-stack-<stack>-backups-...)")
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What a stack takes over from an earlier one that `pulumi destroy` left behind (`adopt`).
+
+    Adopted resources are used, never managed: this stack attaches the volume and reads the bucket
+    and secrets, and its own destroy leaves all three exactly as they are.
+    """
+    data_volume_id: str = ""
+    backup_bucket: str = ""
+    secrets_from_stack: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.data_volume_id or self.backup_bucket or self.secrets_from_stack)
 
 
 class SettingsError(ValueError):
@@ -79,6 +97,7 @@ class Settings:
     aws_endpoint_url: str = ""
     extra_egress_ports: tuple[int, ...] = ()
     audit_log_retention_days: int = 365
+    adopt: Adoption = Adoption()
 
     @property
     def tags(self) -> dict[str, str]:
@@ -184,6 +203,14 @@ def parse_cidr_list(value: Any) -> tuple[str, ...]:
         if network.prefixlen == 0:
             raise ValueError(f"CIDR blocks narrower than the whole internet; {item} would open admin SSH to everyone")
         parsed.append(str(network))
+    for version, widest in WIDEST_ADMIN_PREFIX.items():
+        together = ipaddress.collapse_addresses(
+            ipaddress.ip_network(cidr) for cidr in parsed if ipaddress.ip_network(cidr).version == version)
+        too_wide = [str(network) for network in together if network.prefixlen < widest]
+        if too_wide:
+            raise ValueError(
+                f"CIDR blocks that together are no wider than /{widest} each for IPv{version}; these cover "
+                f"{', '.join(too_wide)}, which would open admin SSH to a large part of the internet")
     return tuple(dict.fromkeys(parsed))
 
 
@@ -302,6 +329,43 @@ def parse_cloudwatch_retention(value: Any) -> int:
     return days
 
 
+_VOLUME_ID = re.compile(r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_BUCKET_NAME = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ADOPT_KEYS = {"dataVolumeId": "data_volume_id", "backupBucket": "backup_bucket",
+              "secretsFromStack": "secrets_from_stack"}
+
+
+def parse_adoption(value: Any) -> Adoption:
+    expected = ("a map with any of dataVolumeId (vol-...), backupBucket (a bucket name) and secretsFromStack "
+                "(the stack whose kept secrets to reuse)")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(expected)
+    unknown = sorted(set(value) - set(ADOPT_KEYS))
+    if unknown:
+        raise ValueError(f"{expected}; {unknown[0]!r} is not one of them")
+    checks = {
+        "dataVolumeId": (_VOLUME_ID, "an EBS volume id such as vol-0123456789abcdef0"),
+        "backupBucket": (_BUCKET_NAME, "an S3 bucket name"),
+        "secretsFromStack": (STACK_NAME, "a stack name (" + STACK_NAME_RULE + ")"),
+    }
+    fields = {}
+    for key, item in value.items():
+        pattern, what = checks[key]
+        if not isinstance(item, str) or not pattern.match(item.strip()):
+            raise ValueError(f"{what} for adopt.{key}, got {_describe(item)}")
+        fields[ADOPT_KEYS[key]] = item.strip()
+    adoption = Adoption(**fields)
+    if adoption.data_volume_id and not adoption.secrets_from_stack:
+        raise ValueError("adopt.secretsFromStack together with adopt.dataVolumeId: the forge on that volume was "
+                         "encrypted with its stack's gitea-secret-key and only opens with the same secrets")
+    return adoption
+
+
 def parse_images(value: Any) -> Mapping[str, str]:
     if isinstance(value, str):
         try:
@@ -318,7 +382,36 @@ def parse_images(value: Any) -> Mapping[str, str]:
             images[service] = parse_image_reference(reference)
         except ValueError as problem:
             raise ValueError(f"{problem}, for service {service!r}") from None
+    _check_gitea_rootless(images["gitea"])
+    _check_postgres_major(images["postgres"])
     return MappingProxyType(images)
+
+
+def image_tag(reference: str) -> str:
+    name = reference.partition("@")[0]
+    last_part = name[name.rfind("/") + 1:]
+    return last_part.rsplit(":", 1)[1] if ":" in last_part else ""
+
+
+def _check_gitea_rootless(reference: str) -> None:
+    # The rootless image keeps everything under /var/lib/gitea and /etc/gitea, which the stack puts
+    # on the data volume; the root image writes to /data, which would land on the root disk.
+    if not image_tag(reference).endswith("-rootless"):
+        raise ValueError(f"a rootless Gitea image (a tag ending in -rootless, such as 1.27.3-rootless) for service "
+                         f"'gitea', got {reference!r}; the root image keeps its data where the data volume is not")
+
+
+def postgres_major(reference: str) -> int | None:
+    """The PostgreSQL major version a postgres image tag names (18.6-bookworm -> 18), else None."""
+    match = re.match(r"^(\d+)(?:\.\d+)*(?:-|$)", image_tag(reference))
+    return int(match.group(1)) if match else None
+
+
+def _check_postgres_major(reference: str) -> None:
+    # The data directory belongs to one major version; the converge compares the two and refuses a mismatch.
+    if postgres_major(reference) is None:
+        raise ValueError(f"a postgres image whose tag starts with its version, such as 18.6-bookworm, for service "
+                         f"'postgres', got {reference!r}; the major version must be known to protect the data")
 
 
 # --- the contract: key as written in the stack file -> (Settings field, parser, default) ---
@@ -355,6 +448,7 @@ KEYS: tuple[Key, ...] = (
     Key("awsEndpointUrl", "aws_endpoint_url", parse_endpoint_url, ""),
     Key("extraEgressPorts", "extra_egress_ports", parse_extra_egress_ports, ()),
     Key("auditLogRetentionDays", "audit_log_retention_days", parse_cloudwatch_retention, 365),
+    Key("adopt", "adopt", parse_adoption, Adoption()),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 
@@ -372,10 +466,7 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> Settings:
     problems: list[str] = []
     if not STACK_NAME.match(stack):
         problems.append(f"stack name: expected {STACK_NAME_RULE}, got {stack!r}")
-    for unknown in sorted(set(raw) - set(KEY_NAMES)):
-        close = difflib.get_close_matches(unknown, KEY_NAMES, n=1)
-        hint = f"did you mean {qualified(close[0])}?" if close else f"known keys: {', '.join(KEY_NAMES)}"
-        problems.append(f"{qualified(unknown)}: unknown key; {hint}")
+    problems.extend(unknown_key_problems(NAMESPACE, set(raw), KEY_NAMES))
 
     values: dict[str, Any] = {}
     for key in KEYS:
@@ -424,4 +515,49 @@ def _cross_check(values: dict[str, Any], raw: Mapping[str, Any]) -> list[str]:
             f"{qualified('gitSshPort')}: expected a port different from {qualified('adminSshPort')} "
             f"(both are {git_port}); git and the host's sshd cannot share a port"
         )
+    return problems
+
+
+# --- checks beyond the stack's own keys -------------------------------------------------------------
+
+# Names and networks reserved for documentation (RFC 2606, 6761, 5737, 3849). The example stack file
+# is written in them; a stack that still holds one was copied and not filled in.
+# Tests run the program and commands with the example stack's names; nothing else may.
+ALLOW_PLACEHOLDERS_VARIABLE = "GITEA_STACK_ALLOW_PLACEHOLDERS"
+PLACEHOLDER_DOMAINS = ("example.com", "example.net", "example.org", "example", "test", "invalid", "localhost")
+DOCUMENTATION_NETWORKS = tuple(ipaddress.ip_network(network) for network in
+                               ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+
+
+def _is_placeholder_domain(name: str) -> bool:
+    return any(name == domain or name.endswith("." + domain) for domain in PLACEHOLDER_DOMAINS)
+
+
+def placeholder_problems(settings: Settings) -> list[str]:
+    """Values left over from the example stack file, which no real deploy can use."""
+    problems = []
+    names = {"domain": [settings.domain], "hostedZone": [settings.hosted_zone],
+             "acmeEmail": [settings.acme_email], "alertEmails": list(settings.alert_emails),
+             "adminEmail": [settings.admin_email]}
+    for key, values in names.items():
+        placeholders = [value for value in values if _is_placeholder_domain(value.rpartition("@")[2])]
+        if placeholders:
+            problems.append(f"{qualified(key)}: expected your own, got the placeholder {placeholders[0]!r} "
+                            "(example.com and the like are reserved for documentation)")
+    documentation = [cidr for cidr in settings.ssh_allowed_cidrs
+                     if any(ipaddress.ip_network(cidr).overlaps(network) for network in DOCUMENTATION_NETWORKS)]
+    if documentation:
+        problems.append(f"{qualified('sshAllowedCidrs')}: expected the networks you administer from, got the "
+                        f"documentation range {documentation[0]} (reserved for examples; it reaches no one)")
+    return problems
+
+
+def unknown_key_problems(namespace: str, keys: list[str] | tuple[str, ...] | set[str],
+                         known: tuple[str, ...]) -> list[str]:
+    """`namespace:key` settings that `known` lacks, each with the nearest known key when there is one."""
+    problems = []
+    for unknown in sorted(set(keys) - set(known)):
+        close = difflib.get_close_matches(unknown, known, n=1)
+        hint = f"did you mean {namespace}:{close[0]}?" if close else f"known keys: {', '.join(known)}"
+        problems.append(f"{namespace}:{unknown}: unknown key; {hint}")
     return problems

@@ -11,7 +11,11 @@ trips over a proxy or mistakes a sentinel for a real value.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -34,7 +38,12 @@ from pulumi_policy.proxy import (
 )
 from pulumi_policy.secret import Secret
 
-from rules import RULES, UNKNOWN, Resource, Rule, with_defaults
+from rules import RULES, UNKNOWN, Resource, Rule, stack_of, with_defaults
+
+# The project's stack files, one level above the policy pack.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Stack settings the rules read, as the rules' config names them.
+STACK_SETTINGS = {"gitea-stack:gitSshPort": "gitSshPort"}
 
 UNKNOWN_SENTINELS = frozenset({
     UNKNOWN_BOOLEAN_VALUE, UNKNOWN_NUMBER_VALUE, UNKNOWN_STRING_VALUE, UNKNOWN_ARRAY_VALUE,
@@ -77,6 +86,21 @@ def resource_from_policy_resource(resource: PolicyResource) -> Resource:
                     props=plain(resource.props), dependencies=frozenset(dependencies))
 
 
+@cache
+def stack_settings(stack: str, project_dir: Path | None = None) -> dict[str, Any]:
+    """What the rules read from the stack's own config (Pulumi.<stack>.yaml), so nothing is set twice."""
+    stack_file = (project_dir or PROJECT_DIR) / f"Pulumi.{stack}.yaml"
+    if not stack or not stack_file.is_file():
+        return {}
+    config = (yaml.safe_load(stack_file.read_text()) or {}).get("config") or {}
+    return {name: config[key] for key, name in STACK_SETTINGS.items() if key in config}
+
+
+def rule_config(policy_config: Any, stack: str) -> dict[str, Any]:
+    """Policy config set for the pack wins; then the stack's own settings; then the rules' defaults."""
+    return with_defaults({**stack_settings(stack), **(plain(policy_config) or {})})
+
+
 def _config_schema(rule: Rule) -> PolicyConfigSchema | None:
     return PolicyConfigSchema(properties=dict(rule.config_schema)) if rule.config_schema else None
 
@@ -84,7 +108,7 @@ def _config_schema(rule: Rule) -> PolicyConfigSchema | None:
 def resource_policy(rule: Rule) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report_violation) -> None:
         resource = resource_from_args(args)
-        for message in rule.check(resource, with_defaults(plain(args.get_config()))):
+        for message in rule.check(resource, rule_config(args.get_config(), resource.stack)):
             report_violation(message, resource.urn)
 
     return ResourceValidationPolicy(name=rule.name, description=rule.description, validate=validate,
@@ -95,7 +119,8 @@ def resource_policy(rule: Rule) -> ResourceValidationPolicy:
 def stack_policy(rule: Rule) -> StackValidationPolicy:
     def validate(args: StackValidationArgs, report_violation) -> None:
         resources = [resource_from_policy_resource(resource) for resource in args.resources]
-        for urn, message in rule.check(resources, with_defaults(plain(args.get_config()))):
+        stack = stack_of(resources)
+        for urn, message in rule.check(resources, rule_config(args.get_config(), stack)):
             report_violation(message, urn)
 
     return StackValidationPolicy(name=rule.name, description=rule.description, validate=validate,

@@ -78,6 +78,11 @@ class Rule:
     config_schema: Mapping[str, Any] | None = None
 
 
+def stack_of(resources: Sequence[Resource]) -> str:
+    """The stack every resource of one policy run belongs to ("" for none)."""
+    return resources[0].stack if resources else ""
+
+
 def _urn_parts(urn: str) -> list[str]:
     # The name is last and may itself contain "::", so split at most three times.
     return urn.removeprefix("urn:pulumi:").split("::", 3)
@@ -516,8 +521,14 @@ def _is_whole_internet(cidr: Any) -> bool:
 def public_ports(config: Mapping[str, Any]) -> frozenset[int]:
     git_ssh_port = _as_int(config.get("gitSshPort", DEFAULT_CONFIG["gitSshPort"]))
     if git_ssh_port is None:
-        raise ValueError(f"policy config gitSshPort must be a port number, got {config.get('gitSshPort')!r}")
+        raise ValueError(f"gitea-stack:gitSshPort must be a port number, got {config.get('gitSshPort')!r}")
     return frozenset({*PUBLIC_WEB_PORTS, git_ssh_port})
+
+
+def _ports_text(allowed: frozenset[int]) -> str:
+    web = ", ".join(str(port) for port in PUBLIC_WEB_PORTS)
+    git = sorted(allowed - set(PUBLIC_WEB_PORTS))
+    return f"{web} and the git SSH port {git[0]} (gitea-stack:gitSshPort)" if git else web
 
 
 def _protocol_name(value: Any) -> str:
@@ -553,14 +564,64 @@ def _world_open_problem(ingress: _Ingress, allowed: frozenset[int]) -> str | Non
 
 def check_admin_ssh_not_world_open(resource: Resource, config: Mapping[str, Any]) -> list[str]:
     allowed = public_ports(config)
-    ports = ", ".join(str(port) for port in sorted(allowed))
     messages = []
     for ingress in _ingresses(resource):
         problem = _world_open_problem(ingress, allowed)
         if problem:
-            messages.append(f"{problem}; only ports {ports} may be open to the world "
-                            "(restrict admin SSH to known CIDRs)")
+            messages.append(f"{problem}; only ports {_ports_text(allowed)} may be open to the world "
+                            "(admin SSH comes from gitea-stack:sshAllowedCidrs)")
     return messages
+
+
+# Ranges that, merged, are wider than this open a port to much of the internet (an ISP's block at most).
+WIDEST_MERGED_PREFIX = {4: 8, 6: 16}
+
+
+def _ingress_target(resource: Resource) -> Any:
+    """The security group an ingress belongs to: its id, else (preview) the group it depends on, else
+    "unknown" (grouped together: wrongly merging two groups' ranges is the safe mistake)."""
+    if resource.type not in (INGRESS_RULE_TYPE, SECURITY_GROUP_RULE_TYPE):
+        return resource.urn
+    group_id = resource.props.get("securityGroupId")
+    if isinstance(group_id, str):
+        return group_id
+    groups = sorted(urn for urn in resource.dependencies if any(f"{kind}::" in urn for kind in SECURITY_GROUP_TYPES))
+    return groups[0] if groups else "unknown"
+
+
+def check_ranges_not_world_together(resources: Sequence[Resource], config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Several narrow ranges on one port of one group can add up to the internet (two /1s are 0.0.0.0/0)."""
+    allowed = public_ports(config)
+    grouped: dict[tuple, list[tuple[str, str, ipaddress.IPv4Network | ipaddress.IPv6Network]]] = {}
+    for resource in resources:
+        target = _ingress_target(resource)
+        for ingress in _ingresses(resource):
+            low, high = _as_int(ingress.from_port), _as_int(ingress.to_port)
+            if low is None or high is None or _protocol_name(ingress.protocol) in ICMP_PROTOCOLS:
+                continue
+            if all(port in allowed for port in range(min(low, high), max(low, high) + 1)):
+                continue
+            for cidr in ingress.cidrs:
+                try:
+                    network = ipaddress.ip_network(cidr.strip(), strict=False)
+                except (AttributeError, ValueError):
+                    continue
+                key = (str(target), _protocol_name(ingress.protocol), min(low, high), max(low, high))
+                grouped.setdefault(key, []).append((resource.urn, ingress.where, network))
+    violations = []
+    for (_, protocol, low, high), entries in sorted(grouped.items()):
+        for version, widest in WIDEST_MERGED_PREFIX.items():
+            # A single whole-internet range is admin-ssh-not-world-open's to report.
+            mine = [entry for entry in entries if entry[2].version == version and entry[2].prefixlen > 0]
+            merged = [n for n in ipaddress.collapse_addresses(entry[2] for entry in mine) if n.prefixlen < widest]
+            if merged:
+                ports = f"port {low}" if low == high else f"ports {low}-{high}"
+                urn, where, _ = min(mine, key=lambda entry: (entry[2].prefixlen, entry[0]))
+                violations.append((urn, f"{where} and {len(mine) - 1} other ingress range(s) on {protocol} {ports} "
+                                        "together cover "
+                                        f"{', '.join(map(str, merged))}, wider than /{widest}: as good as open to "
+                                        "the internet (narrow gitea-stack:sshAllowedCidrs)"))
+    return violations
 
 
 # --- IAM ----------------------------------------------------------------------------------------------
@@ -766,9 +827,15 @@ RULES: tuple[Rule, ...] = (
          "resource", check_instance_imdsv2),
     Rule("admin-ssh-not-world-open",
          "No security group ingress is open to 0.0.0.0/0 or ::/0 except on ports 80, 443 and the git SSH "
-         "port (policy config gitSshPort, default 22); admin SSH must come from known CIDRs.",
+         "port (the stack's gitea-stack:gitSshPort, default 22; policy config gitSshPort overrides it); "
+         "admin SSH must come from known CIDRs.",
          "resource", check_admin_ssh_not_world_open,
-         config_schema={"gitSshPort": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 22}}),
+         config_schema={"gitSshPort": {"type": "integer", "minimum": 1, "maximum": 65535}}),
+    Rule("admin-ssh-ranges-not-world-together",
+         "The ingress ranges of one security group port (other than 80, 443 and the git SSH port), merged, "
+         "are no wider than /8 (IPv4) or /16 (IPv6): several ranges must not add up to the internet.",
+         "stack", check_ranges_not_world_together,
+         config_schema={"gitSshPort": {"type": "integer", "minimum": 1, "maximum": 65535}}),
     Rule("iam-no-wildcard-allow",
          "No IAM policy document allows '*' or '<service>:*' actions (or uses NotAction) on Resource '*'.",
          "resource", check_iam_no_wildcard_allow),

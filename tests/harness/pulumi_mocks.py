@@ -102,11 +102,30 @@ class FakeAws(pulumi.runtime.Mocks):
     """Deterministic answers from AWS, random and tls. Unmocked data-source calls fail the test."""
 
     def __init__(self, zones: tuple[str, ...] = (f"{REGION}b", f"{REGION}a", f"{REGION}c"),
-                 secret_version: str = "v1"):
+                 secret_version: str = "v1", hosted_zones: tuple[tuple[str, str, bool], ...] | None = None,
+                 volumes: dict[str, dict[str, Any]] | None = None, instances: dict[str, str] | None = None,
+                 kept_secrets: dict[str, str] | None = None, buckets: dict[str, str] | None = None):
         self.zones = zones
         self.secret_version = secret_version  # the version id every stored secret value gets
+        # What the account already holds: (zone id, name, private) hosted zones; volume id ->
+        # {az, size, encrypted, status, tags}; instance id -> type (this stack's, tagged as such);
+        # kept secret name -> value; bucket name -> region.
+        self.hosted_zones = hosted_zones if hosted_zones is not None else (
+            ("Z0MOCKZONE", "example.com.", False), ("Z0PRIVATE", "internal.example.com.", True))
+        self.volumes = volumes or {}
+        self.instances = instances or {}
+        self.kept_secrets = kept_secrets or {}
+        self.buckets = buckets or {}
         self.secrets: set[str] = set()
         self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def _volumes_matching(self, args: dict[str, Any]) -> list[str]:
+        filters = {f["name"]: set(f["values"]) for f in args.get("filters") or []}
+        tags = args.get("tags") or {}
+        return [volume_id for volume_id, volume in self.volumes.items()
+                if volume_id in filters.get("volume-id", {volume_id})
+                and volume.get("status", "available") in filters.get("status", {volume.get("status", "available")})
+                and all(volume.get("tags", {}).get(key) == value for key, value in tags.items())]
 
     def _secret(self, value: str) -> str:
         self.secrets.add(value)
@@ -175,8 +194,39 @@ class FakeAws(pulumi.runtime.Mocks):
                     "supportedArchitectures": list(architectures)}
         if args.token == "aws:index/getPartition:getPartition":
             return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws"}
+        if args.token == "aws:route53/getZones:getZones":
+            return {"id": "zones", "ids": [zone_id for zone_id, _, _ in self.hosted_zones]}
         if args.token == "aws:route53/getZone:getZone":
-            return {"id": "Z0MOCKZONE", "zoneId": "Z0MOCKZONE", "name": args.args["name"]}
+            zone_id, name, private = next(zone for zone in self.hosted_zones if zone[0] == args.args["zoneId"])
+            return {"id": zone_id, "zoneId": zone_id, "name": name, "privateZone": private}
+        if args.token == "aws:ebs/getEbsVolumes:getEbsVolumes":
+            return {"id": REGION, "ids": self._volumes_matching(args.args)}
+        if args.token == "aws:ebs/getVolume:getVolume":
+            volume_id = self._volumes_matching(args.args)[0]
+            volume = self.volumes[volume_id]
+            return {"id": volume_id, "volumeId": volume_id, "availabilityZone": volume["az"], "size": volume["size"],
+                    "encrypted": volume.get("encrypted", True), "volumeType": "gp3"}
+        if args.token == "aws:ec2/getInstances:getInstances":
+            return {"id": REGION, "ids": sorted(self.instances)}
+        if args.token == "aws:ec2/getInstance:getInstance":
+            return {"id": args.args["instanceId"], "instanceType": self.instances[args.args["instanceId"]]}
+        if args.token == "aws:secretsmanager/getSecrets:getSecrets":
+            prefix = args.args["filters"][0]["values"][0]
+            names = sorted(name for name in self.kept_secrets if name.startswith(prefix))
+            return {"id": REGION, "names": names, "arns": [f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{n}"
+                                                           for n in names]}
+        if args.token == "aws:secretsmanager/getSecret:getSecret":
+            name = args.args["name"]
+            return {"id": name, "name": name, "arn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}"}
+        if args.token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
+            name = args.args["secretId"].rsplit(":secret:", 1)[1]
+            return {"id": name, "secretId": args.args["secretId"], "versionId": f"kept-{name}",
+                    "secretString": self._secret(self.kept_secrets[name])}
+        if args.token == "aws:s3/getBuckets:getBuckets":
+            prefix = args.args.get("prefix", "")
+            return {"id": REGION, "buckets": [{"name": name, "bucketRegion": region,
+                                               "bucketArn": f"arn:aws:s3:::{name}"}
+                                              for name, region in sorted(self.buckets.items()) if name.startswith(prefix)]}
         if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             # A type AWS does not know is offered nowhere.
             instance_type = args.args["filters"][0]["values"][0]
@@ -214,7 +264,10 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
-def stack_file_config(path: Path = PROJECT_DIR / "Pulumi.prod.yaml") -> dict[str, str]:
+EXAMPLE_STACK_FILE = PROJECT_DIR / "examples" / "Pulumi.example.yaml"
+
+
+def stack_file_config(path: Path = EXAMPLE_STACK_FILE) -> dict[str, str]:
     """A stack file's config as the engine hands it to a program: strings, JSON for lists and objects."""
     return stack_file_values(path)
 

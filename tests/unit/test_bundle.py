@@ -175,11 +175,11 @@ def test_layout_moves_ports_and_paths_without_editing_output():
 
 
 def test_cli_render_writes_the_bundle_the_program_copies(tmp_path, capsys):
-    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path), "--instance-memory-mib", "4096"]) == 0
+    assert cli_main(["render", "--stack", "example", "--project-dir", "examples", "--out", str(tmp_path), "--instance-memory-mib", "4096"]) == 0
     from tests.harness.pulumi_mocks import stack_file_config
     from gitea_stack.settings import parse_settings
     config = {k.split(":", 1)[1]: v for k, v in stack_file_config().items() if k.startswith("gitea-stack:")}
-    expected = render(parse_settings(config, "prod"))
+    expected = render(parse_settings(config, "example"))
     for path, (content, mode) in expected.items():
         written = tmp_path / path
         assert written.read_text() == content
@@ -220,9 +220,9 @@ def test_cli_render_asks_aws_for_the_instance_memory(tmp_path, capsys, monkeypat
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():  # moto describes t3.medium as AWS does: 4096 MiB
-        assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "asked")]) == 0
+        assert cli_main(["render", "--stack", "example", "--project-dir", "examples", "--out", str(tmp_path / "asked")]) == 0
     assert "for a t3.medium with 4096 MiB" in capsys.readouterr().out
-    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "given"), "--instance-memory-mib", "4096"]) == 0
+    assert cli_main(["render", "--stack", "example", "--project-dir", "examples", "--out", str(tmp_path / "given"), "--instance-memory-mib", "4096"]) == 0
     compose_file = "docker-compose.yml"
     assert (tmp_path / "asked" / compose_file).read_text() == (tmp_path / "given" / compose_file).read_text()
 
@@ -232,6 +232,6 @@ def test_cli_render_without_aws_says_how_to_render_offline(tmp_path, capsys, mon
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    assert cli_main(["render", "--stack", "prod", "--out", str(tmp_path / "out")]) == 1
+    assert cli_main(["render", "--stack", "example", "--project-dir", "examples", "--out", str(tmp_path / "out")]) == 1
     assert "pass --instance-memory-mib" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

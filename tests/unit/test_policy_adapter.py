@@ -164,3 +164,24 @@ def test_policy_pack_project_runs_python_in_a_pip_virtualenv():
     project = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text())
     assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
     assert project["description"]
+
+
+def test_the_git_ssh_port_comes_from_the_stacks_own_config(tmp_path, monkeypatch):
+    import pulumi_adapter
+    (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  gitea-stack:gitSshPort: 2200\n  aws:region: eu-west-1\n")
+    monkeypatch.setattr(pulumi_adapter, "PROJECT_DIR", tmp_path)
+    pulumi_adapter.stack_settings.cache_clear()
+    try:
+        assert pulumi_adapter.stack_settings("dev", tmp_path) == {"gitSshPort": 2200}
+        assert pulumi_adapter.stack_settings("other", tmp_path) == {}
+        # Through the policy, with no policy config: the stack file's port is the allowed one.
+        admin_ssh = policy("admin-ssh-not-world-open")
+        assert pulumi_adapter.rule_config(None, "dev")["gitSshPort"] == 2200
+        assert run(admin_ssh, admin_ssh_args(2200, None)) == []
+        [(message, _)] = run(admin_ssh, admin_ssh_args(22, None))
+        assert "the git SSH port 2200 (gitea-stack:gitSshPort)" in message
+        assert "gitea-stack:sshAllowedCidrs" in message
+        # Policy config, when set, wins over the stack file.
+        assert pulumi_adapter.rule_config({"gitSshPort": 22}, "dev")["gitSshPort"] == 22
+    finally:
+        pulumi_adapter.stack_settings.cache_clear()

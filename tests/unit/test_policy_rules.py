@@ -231,6 +231,11 @@ CASES: list[tuple[str, Mutation, str]] = [
      "legacy-ssh"),
     ("admin-ssh-not-world-open", change("host-sg", ingress=[
         {"protocol": "all", "fromPort": 0, "toPort": 0, "cidrBlocks": [WORLD_V4]}]), "host-sg"),
+    ("admin-ssh-ranges-not-world-together", change("in-admin-ssh", cidrIpv4="10.0.0.0/7"), "in-admin-ssh"),
+    ("admin-ssh-ranges-not-world-together", lambda stack: add(ingress("in-admin-ssh-low", 2222, "0.0.0.0/1"))(
+        add(ingress("in-admin-ssh-high", 2222, "128.0.0.0/1"))(stack)), "in-admin-ssh-high"),
+    ("admin-ssh-ranges-not-world-together", lambda stack: add(ingress("in-admin-ssh-v6-low", 2222, "::/1"))(
+        add(ingress("in-admin-ssh-v6-high", 2222, "8000::/1"))(stack)), "in-admin-ssh-v6-high"),
     ("iam-no-wildcard-allow", change("host-backups", policy=iam_doc(
         {"Effect": "Allow", "Action": "s3:*", "Resource": "*"})), "host-backups"),
     ("iam-no-wildcard-allow", change("smtp-send", policy=iam_doc(

@@ -118,8 +118,10 @@ def test_outputs_tell_an_operator_where_everything_is(example_run):
     assert outputs["provisioningPrivateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
 
 
-def test_only_the_private_key_output_is_secret_and_it_is(example_run):
-    assert example_run.secret_outputs == {"provisioningPrivateKey"}
+def test_only_the_private_key_and_admin_password_outputs_are_secret_and_they_are(example_run):
+    assert example_run.secret_outputs == {"provisioningPrivateKey", "adminPassword"}
+    assert example_run.outputs["adminPassword"] == "MOCK-SECRET-secrets-gitea-admin-password-Zq7"
+    assert example_run.outputs["adminUsername"] == "gitea-admin"
 
 
 def test_bad_config_fails_naming_the_keys_and_registers_nothing(example_config):
@@ -183,8 +185,11 @@ def test_config_of_other_namespaces_is_left_alone(example_config):
 def test_the_program_looks_up_region_zone_ami_and_offerings(example_run):
     tokens = {token for token, _ in example_run.calls}
     assert tokens == {"aws:index/getRegion:getRegion", "aws:index/getPartition:getPartition",
-                      "aws:index/getCallerIdentity:getCallerIdentity", "aws:route53/getZone:getZone",
-                      "aws:ec2/getInstanceType:getInstanceType",
-                      "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings", "aws:ec2/getAmi:getAmi"}
-    zone_lookup = next(args for token, args in example_run.calls if token == "aws:route53/getZone:getZone")
-    assert zone_lookup == {"name": "example.com", "privateZone": False}
+                      "aws:index/getCallerIdentity:getCallerIdentity", "aws:route53/getZones:getZones",
+                      "aws:route53/getZone:getZone", "aws:ec2/getInstanceType:getInstanceType",
+                      "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings", "aws:ec2/getAmi:getAmi",
+                      # what the stack already has: a running data volume and host (none on a first up)
+                      "aws:ebs/getEbsVolumes:getEbsVolumes", "aws:ec2/getInstances:getInstances"}
+    zone_lookups = [args for token, args in example_run.calls if token == "aws:route53/getZone:getZone"]
+    assert zone_lookups == [{"zoneId": "Z0MOCKZONE"}, {"zoneId": "Z0PRIVATE"}]
+    assert example_run.one("aws:route53/record:Record", "dns-a").inputs["zoneId"] == "Z0MOCKZONE"

@@ -187,5 +187,6 @@ def test_every_documented_key_is_known():
     documented = {"domain", "hostedZone", "acmeEmail", "alertEmails", "adminUsername", "adminEmail",
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
-                  "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays"}
+                  "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays",
+                  "adopt"}
     assert set(KEY_NAMES) == documented
