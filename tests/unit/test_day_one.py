@@ -46,9 +46,12 @@ def refused(config: dict[str, str], mocks: FakeAws | None = None) -> str:
 # --- the example stack cannot be deployed by accident -------------------------------------------------
 
 def test_the_example_stack_file_is_not_a_live_stack():
+    import subprocess
     from tests.harness.pulumi_mocks import EXAMPLE_STACK_FILE, PROJECT_DIR
-    assert not list(PROJECT_DIR.glob("Pulumi.*.yaml")), "a stack file in the project directory is a live stack"
-    assert EXAMPLE_STACK_FILE.is_file()
+    tracked = subprocess.run(["git", "ls-files", "Pulumi.*.yaml"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked == [], "a stack file shipped in the project directory is a live stack anyone can deploy"
+    assert EXAMPLE_STACK_FILE.is_file() and EXAMPLE_STACK_FILE.parent != PROJECT_DIR
 
 
 def test_placeholder_values_are_refused_outside_tests(example_config, monkeypatch):
