@@ -29,15 +29,22 @@ GIB=$((1024 * 1024 * 1024))
 # A byte count in GiB with two decimals, for people.
 gib() { awk -v bytes="$1" 'BEGIN { printf "%.2f GiB", bytes / 1073741824 }'; }
 
-# The EBS volume id of an NVMe device (its serial is the id without the dash), for messages.
-volume_name() {
+# The EBS volume id of an NVMe device (its serial is the id without the dash), for messages;
+# `pulumi stack output dataVolumeId` names it too.
+volume_id() {
   local serial
   serial=$(lsblk --nodeps --noheadings --output SERIAL "$device" 2>/dev/null | tr -d ' ' || true)
-  if [[ $serial =~ ^vol([0-9a-f]+)$ ]]; then
-    echo "volume vol-${BASH_REMATCH[1]} ($device)"
-  else
-    echo "data volume ($device)"
-  fi
+  if [[ $serial =~ ^vol([0-9a-f]+)$ ]]; then echo "vol-${BASH_REMATCH[1]}"; fi
+}
+volume_id_or_output() {
+  local id
+  id=$(volume_id)
+  echo "${id:-\"\$(pulumi stack output dataVolumeId)\"}"
+}
+volume_name() {
+  local id
+  id=$(volume_id)
+  if [ -n "$id" ]; then echo "volume $id ($device)"; else echo "data volume ($device)"; fi
 }
 
 # The filesystem's size in bytes and its block size, from its superblock.
@@ -60,12 +67,14 @@ device_bytes=$(blockdev --getsize64 "$device")
 if [ "$expected_gib" -gt 0 ] && [ "$device_bytes" -lt $((expected_gib * GIB)) ]; then
   started=$SECONDS
   next_report=$SECONDS
-  while device_bytes=$(blockdev --getsize64 "$device") && [ "$device_bytes" -lt $((expected_gib * GIB)) ]; do
+  while :; do
+    device_bytes=$(blockdev --getsize64 "$device")
+    if [ "$device_bytes" -ge $((expected_gib * GIB)) ]; then break; fi
     waited=$((SECONDS - started))
     if [ "$waited" -ge "$wait_seconds" ]; then
       die "the $(volume_name) still has $(gib "$device_bytes") after ${waited}s, not the ${expected_gib} GiB of" \
         "gitea-stack:dataVolumeGiB; nothing was changed. Check the volume's modification in EC2 (console, or" \
-        "aws ec2 describe-volumes-modifications --volume-ids <the stack's dataVolumeId>): 'optimizing' or" \
+        "aws ec2 describe-volumes-modifications --volume-ids $(volume_id_or_output)): 'optimizing' or" \
         "'completed' means the instance should see the new size, 'failed' says why; then run pulumi up again"
     fi
     if [ "$SECONDS" -ge "$next_report" ]; then

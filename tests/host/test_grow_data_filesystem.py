@@ -213,12 +213,31 @@ def test_deploy_grows_the_volume_before_it_changes_anything_else(ext4_device, to
     assert result.returncode == 1
     assert f"the data volume ({ext4_device}) still has 1.00 GiB after 2s, not the 2 GiB of " \
            "gitea-stack:dataVolumeGiB; nothing was changed" in result.stderr
+    assert 'describe-volumes-modifications --volume-ids "$(pulumi stack output dataVolumeId)"' in result.stderr
     assert not docker_calls.exists()
     listing = tmp_path / "listing"
     assert Path(f"{listing}.after").read_text() == Path(f"{listing}.before").read_text()  # no directory prepared
     secrets_dir = bundle_dir / "secrets"
     assert tree(bundle_dir) == {**bundle_before, "secrets": tree(bundle_dir)["secrets"]}
     assert list(secrets_dir.iterdir()) == []  # nothing installed, nothing staged left
+
+
+def test_on_ec2_the_message_names_the_volume_by_its_id(ext4_device, tools, tmp_path):
+    """Nitro instances show the EBS volume id (without its dash) as the NVMe device's serial."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "lsblk").write_text(f"#!/bin/sh\necho {VOLUME_ID.replace('-', '')}\n")
+    (shims / "lsblk").chmod(0o755)
+    mount_point = tmp_path / "data"
+    mount_point.mkdir()
+    result = subprocess.run(
+        [tools["unshare"], "--mount", "bash", "-c", 'mount "$1" "$2" && bash "$3" "$2" 2', "runner", ext4_device,
+         str(mount_point), str(SCRIPT)],
+        check=False, capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{shims}:{SYSTEM_PATH}", "GROW_WAIT_SECONDS": "0"})
+    assert result.returncode == 1
+    assert f"the volume {VOLUME_ID} ({ext4_device}) still has 1.00 GiB after 0s" in result.stderr
+    assert f"describe-volumes-modifications --volume-ids {VOLUME_ID})" in result.stderr
 
 
 def test_a_mount_that_is_not_a_block_device_is_left_alone(tools, tmp_path):
