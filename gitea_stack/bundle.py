@@ -17,7 +17,7 @@ from pathlib import Path
 from gitea_stack.rendering import DATA_MOUNT_POINT, read_script, render_template
 from gitea_stack.settings import Settings
 from gitea_stack.sizing import memory_limits_mib
-from gitea_stack.versions import DIUN_INCLUDE_TAGS, UPDATE_POLICY
+from gitea_stack.versions import DIUN_INCLUDE_TAGS, UPDATE_POLICY, postgres_major
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
 }
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
-SCRIPTS = ("lib.sh", "deploy.sh", "renew-certificates.sh", "fetch-secrets.py")
+SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py")
 
 
 def diun_labels(service: str) -> str:
@@ -99,6 +99,8 @@ def template_context(settings: Settings, memory_mib: int, layout: HostLayout) ->
         "alert_emails": settings.alert_emails,
         "git_ssh_port": settings.git_ssh_port,
         "images": dict(settings.images),
+        "postgres_major": postgres_major(settings.images["postgres"]),
+        "data_volume_gib": settings.data_volume_gib,
         "memory": memory_limits_mib(memory_mib),
         "diun_labels": diun_labels,
         "file_watched": [{"image": settings.images[service], "include_tags": DIUN_INCLUDE_TAGS[service],

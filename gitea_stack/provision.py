@@ -1,6 +1,7 @@
 """Provisioning: the remote steps that turn the instance into a running forge, over SSH.
 
-wait for the host -> install Docker (pinned) -> copy the bundle -> converge (deploy.sh).
+wait for the host -> install Docker (pinned) -> copy the bundle -> converge (deploy.sh --check on the
+uploaded bundle, then it replaces the one in use and deploy.sh runs).
 The bundle travels as a gzipped tar on the copy command's stdin: modes survive, and the step is a
 plain command whose input is exactly what lands on the host.
 Each step's triggers are content hashes of exactly what it depends on, so a no-op `pulumi up`
@@ -56,9 +57,12 @@ def copy_command() -> str:
             f"&& base64 --decode | tar --extract --gzip --no-same-owner --directory {UPLOAD_DIR}")
 
 
-def converge_command(bundle_dir: str = PRODUCTION.bundle_dir) -> str:
-    return (f"set -euo pipefail; sudo install -d -m 0755 {bundle_dir} "
-            f"&& sudo cp -R --preserve=mode {UPLOAD_DIR}/. {bundle_dir}/ "
+def converge_command(bundle_dir: str = PRODUCTION.bundle_dir, upload_dir: str = UPLOAD_DIR) -> str:
+    # The uploaded bundle is checked where it landed first (`deploy.sh --check`: the PostgreSQL major,
+    # the secret key): a refused bundle never replaces the one in use, so nothing at all changes.
+    return (f"set -euo pipefail; sudo {upload_dir}/scripts/deploy.sh --check "
+            f"&& sudo install -d -m 0755 {bundle_dir} "
+            f"&& sudo cp -R --preserve=mode {upload_dir}/. {bundle_dir}/ "
             f"&& sudo {bundle_dir}/scripts/deploy.sh")
 
 

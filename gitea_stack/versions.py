@@ -5,6 +5,10 @@ image there. Tags are exact releases, never `latest`, so a deploy is repeatable 
 an operator when a newer release exists.
 """
 
+from __future__ import annotations
+
+import re
+
 DEFAULT_IMAGES: dict[str, str] = {
     "gitea": "docker.gitea.com/gitea:1.27.3-rootless",
     "postgres": "docker.io/library/postgres:18.6-bookworm",
@@ -47,3 +51,21 @@ DOCKER_PACKAGES: dict[str, str] = {
     "containerd.io": "2.3.6-1~ubuntu.24.04~noble",
     "docker-compose-plugin": "5.6.0-1~ubuntu.24.04~noble",
 }
+
+
+def image_tag(reference: str) -> str:
+    """The tag of an image reference: `docker.io/library/postgres:17.6-bookworm` -> `17.6-bookworm`;
+    empty when it has none (a digest-only reference). A registry's port is not a tag."""
+    name = reference.partition("@")[0]
+    last_component = name[name.rfind("/") + 1:]
+    return last_component.rpartition(":")[2] if ":" in last_component else ""
+
+
+def postgres_major(reference: str) -> int | None:
+    """The PostgreSQL major version a postgres image's tag starts with (`postgres:17.6-bookworm` -> 17,
+    `postgres:18-alpine` -> 18); None when the tag names none (`bookworm`, or a digest only).
+
+    The data on the volume works only with the major that wrote it, so the host refuses an image of
+    another major (deploy.sh reads this number from settings.env as POSTGRES_MAJOR)."""
+    match = re.match(r"\d+", image_tag(reference))
+    return int(match.group()) if match else None

@@ -6,15 +6,29 @@
 # reloads that service only (an nginx change never restarts gitea or postgres).
 # Rotated secrets are applied where they live: the database password with ALTER ROLE, the admin
 # password through Gitea's API. A changed Gitea secret key is refused: Gitea's encrypted data (2FA
-# secrets, OAuth2 and push-mirror credentials) can only be read with the key it was written with.
-# A changed acmeServer gets a certificate from the new ACME server.
+# secrets, OAuth2 and push-mirror credentials) can only be read with the key it was written with. A
+# PostgreSQL image of another major version than the data's is refused too. A changed acmeServer
+# gets a certificate from the new ACME server. A grown data volume gets its filesystem grown first.
 #
-# Usage: deploy.sh [--help]
+# Usage: deploy.sh [--help] [--check]
+#   --check  only the checks that refuse a converge, changing nothing (the PostgreSQL major, the
+#            secret key). `pulumi up` runs it from the uploaded bundle before that replaces the
+#            bundle in use, so a refused bundle never becomes the live one.
 # Environment: AWS_ENDPOINT_URL (optional) another AWS API endpoint, as boto3 reads it;
-#              HEALTH_TIMEOUT_SECONDS (default 600); MIN_FREE_MIB (default 1024).
-# Exit codes: 0 converged and healthy; 1 a step failed: it is logged, and what runs keeps running.
+#              HEALTH_TIMEOUT_SECONDS (default 600); MIN_FREE_MIB (default 1024);
+#              GROW_WAIT_SECONDS (default 300) how long to wait for a grown data volume to show
+#              its new size (grow-data-filesystem.sh).
+# Exit codes: 0 converged and healthy (--check: the converge may go ahead); 1 a step failed or the
+#             converge was refused: it is logged, and what runs keeps running; 2 bad usage.
 set -euo pipefail
-case "${1:-}" in -h | --help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
+usage() { sed -n '2,22s/^# \{0,1\}//p' "$0"; }
+mode=converge
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+  --check) mode=check ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 load_env_file "$GITEA_STACK_DIR/settings.env"
@@ -84,14 +98,47 @@ refuse_a_changed_secret_key() {
   fi
 }
 
-install_secrets() {
-  local staging service key
-  staging=$(mktemp -d "$GITEA_STACK_DIR/secrets/.staging.XXXXXX")
-  STAGING_DIR=$staging
-  # Everything is fetched and checked before anything is replaced: a missing secret changes nothing.
-  python3 "$GITEA_STACK_DIR/scripts/fetch-secrets.py" "$GITEA_STACK_DIR/stack-facts.env" "$staging" \
+# PostgreSQL's files work only with the major version that wrote them, and an image of another major
+# would not even look at them: from 18 on, each major keeps PGDATA in a directory of its own
+# (postgres/<major>/docker; up to 17: postgres/data) and would start an empty cluster beside them.
+refuse_another_postgres_major() {
+  local file major found=()
+  for file in "$DATA_DIR"/postgres/*/docker/PG_VERSION "$DATA_DIR/postgres/data/PG_VERSION"; do
+    if [ -f "$file" ]; then found+=("$(tr -d '[:space:]' <"$file")"); fi
+  done
+  [ ${#found[@]} -gt 0 ] || return 0  # a new forge: the image creates its cluster
+  for major in "${found[@]}"; do
+    if [ "$major" = "${POSTGRES_MAJOR:-}" ]; then return 0; fi
+  done
+  major=$(printf '%s\n' "${found[@]}" | sort -u -n | paste -s -d / -)
+  if [ -z "${POSTGRES_MAJOR:-}" ]; then
+    die "the configured PostgreSQL image $POSTGRES_IMAGE names no major version in its tag, and the data" \
+      "volume holds PostgreSQL $major data; nothing was changed. Give the postgres entry of" \
+      "gitea-stack:images a $major.x tag, then run pulumi up again"
+  fi
+  die "the data volume holds PostgreSQL $major data, but the configured image $POSTGRES_IMAGE is PostgreSQL" \
+    "$POSTGRES_MAJOR; nothing was changed. A major upgrade needs a dump and restore, which this version of" \
+    "gitea-stack does not do: set the postgres entry of gitea-stack:images back to a $major.x tag, then run" \
+    "pulumi up again"
+}
+
+# Fetches every secret into a private staging directory below $1; nothing is installed yet.
+fetch_secrets() {
+  STAGING_DIR=$(mktemp -d "$1/.staging.XXXXXX")
+  python3 "$GITEA_STACK_DIR/scripts/fetch-secrets.py" "$GITEA_STACK_DIR/stack-facts.env" "$STAGING_DIR" \
     || die "could not fetch the stack's secrets; nothing was changed"
+}
+
+# Everything that refuses a converge, before anything is changed; staging below $1.
+check_before_changing() {
+  refuse_another_postgres_major
+  fetch_secrets "$1"
   refuse_a_changed_secret_key
+}
+
+# Installs the secrets check_before_changing fetched and checked: a missing one changed nothing.
+install_secrets() {
+  local staging=$STAGING_DIR service key
   for service in "${!SECRETS_OF[@]}"; do
     install -d -m 0700 -o "${SECRET_OWNER[$service]}" -g "${SECRET_OWNER[$service]}" \
       "$GITEA_STACK_DIR/secrets/$service"
@@ -307,7 +354,16 @@ protect_app_ini() {
 STAGING_DIR=""
 trap 'if [ -n "$STAGING_DIR" ]; then rm -rf "$STAGING_DIR"; fi' EXIT
 
+if [ "$mode" = check ]; then
+  check_before_changing "${TMPDIR:-/tmp}"
+  log "checked $GITEA_STACK_DIR: nothing refuses this converge"
+  exit 0
+fi
 hold_lock
+install -d -m 0711 "$GITEA_STACK_DIR/secrets"
+check_before_changing "$GITEA_STACK_DIR/secrets"
+# Before anything else changes: a grown volume also gives check_free_space its new room.
+"$GITEA_STACK_DIR/scripts/grow-data-filesystem.sh" "$DATA_DIR" "${DATA_VOLUME_GIB:-}"
 check_free_space
 prepare_directories
 install_secrets

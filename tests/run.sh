@@ -18,9 +18,11 @@ case "${1:-}" in -h | --help) usage; exit 0 ;; esac
 project_dir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$project_dir"
 
-# Debian packages of the host tier, one per tool the tests call.
+# Debian packages of the host tier, one per tool the tests call (user-mode-linux and kmod: a kernel
+# of the tests' own for online resize2fs, which needs a capability this sandbox's root lacks).
 debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
-  docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init)
+  docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init
+  user-mode-linux kmod)
 
 missing_packages() {
   local package

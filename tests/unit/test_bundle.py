@@ -14,7 +14,8 @@ from tests.harness.bundles import VARIANTS, render, variant
 EXPECTED_FILES = {
     "docker-compose.yml", "settings.env", "nginx/http.conf", "nginx/https.conf", "certbot/cli.ini",
     "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
-    "scripts/lib.sh", "scripts/deploy.sh", "scripts/renew-certificates.sh", "scripts/fetch-secrets.py",
+    "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
+    "scripts/fetch-secrets.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
@@ -203,6 +204,36 @@ def test_acme_server_and_aws_endpoint_come_from_the_settings():
                                            "awsEndpointUrl": "http://192.0.2.2:5000"}, "prod"))
     assert "server = https://acme-staging-v02.api.letsencrypt.org/directory\n" in custom["certbot/cli.ini"][0]
     assert "\nAWS_ENDPOINT_URL=http://192.0.2.2:5000\n" in custom["settings.env"][0]
+
+
+def settings_env(settings) -> dict[str, str]:
+    lines = render(settings)["settings.env"][0].splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_host_knows_the_data_volume_size_it_must_grow_to():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    assert settings_env(variant("example"))["DATA_VOLUME_GIB"] == "50"
+    grown = parse_settings({**BASE, "dataVolumeGiB": 80}, "prod")
+    assert settings_env(grown)["DATA_VOLUME_GIB"] == "80"
+    # A new size is a new bundle: the copy and the converge run again, and the converge grows the filesystem.
+    assert bundle_digest(render(grown)) != bundle_digest(render(variant("example")))
+
+
+@pytest.mark.parametrize("image, major", [
+    ("docker.io/library/postgres:18.6-bookworm", "18"),
+    ("docker.io/library/postgres:17.6-bookworm", "17"),
+    ("registry.example.com:5000/postgres:16-alpine", "16"),
+    ("docker.io/library/postgres@sha256:" + "ab" * 32, ""),  # deploy.sh refuses it once there is data
+])
+def test_the_host_knows_the_postgres_image_and_its_major_version(image, major):
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    settings = parse_settings({**BASE, "images": {"postgres": image}}, "prod")
+    values = settings_env(settings)
+    assert (values["POSTGRES_IMAGE"], values["POSTGRES_MAJOR"]) == (image, major)
+    assert compose(settings)["services"]["postgres"]["image"] == values["POSTGRES_IMAGE"]
 
 
 def test_the_tarball_is_deterministic_and_keeps_modes():

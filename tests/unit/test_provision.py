@@ -64,8 +64,18 @@ def test_the_copy_carries_the_bundle_with_its_modes_and_the_stack_facts(example_
 def test_converge_runs_deploy_and_its_output_is_secret(example_run):
     converge = example_run.named("provision-converge")
     assert converge.inputs["create"].endswith("sudo /opt/gitea-stack/scripts/deploy.sh")
+    assert "stdin" not in converge.inputs  # nothing but the command, which holds no secret
     assert {"stdout", "stderr"} <= set(converge.additional_secret_outputs)
     assert not example_run.of_type("command:remote:CopyToRemote")
+
+
+def test_the_uploaded_bundle_is_checked_before_it_replaces_the_one_in_use(example_run):
+    command = example_run.named("provision-converge").inputs["create"]
+    check = command.index("sudo /home/ubuntu/gitea-stack-upload/scripts/deploy.sh --check && ")
+    copy = command.index("sudo cp -R --preserve=mode /home/ubuntu/gitea-stack-upload/. /opt/gitea-stack/")
+    assert check < copy < command.index("sudo /opt/gitea-stack/scripts/deploy.sh")
+    # Each step runs only if the one before succeeded: a refused check copies nothing.
+    assert command.count(" && ") == 3 and ";" not in command.removeprefix("set -euo pipefail;")
 
 
 def triggers(run):
@@ -102,6 +112,8 @@ def test_an_nginx_only_change_reruns_only_the_copy_and_the_converge(example_run,
 @pytest.mark.parametrize("changes, expected", [
     ({"instanceType": "t3.large"}, {"provision-copy-bundle", "provision-converge"}),  # memory limits
     ({"alertEmails": ["ops@example.com"]}, {"provision-copy-bundle", "provision-converge"}),
+    # A grown data volume: the converge grows the filesystem (the size is in settings.env).
+    ({"dataVolumeGiB": 80}, {"provision-copy-bundle", "provision-converge"}),
 ])
 def test_setting_changes_rerun_what_depends_on_them(example_run, run_with, changes, expected):
     before, after = triggers(example_run), triggers(run_with(**changes))
