@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gitea_stack.versions import DEFAULT_IMAGES
+from gitea_stack.versions import DEFAULT_IMAGES, image_tag, postgres_major
 
 NAMESPACE = "gitea-stack"
 
@@ -387,12 +387,6 @@ def parse_images(value: Any) -> Mapping[str, str]:
     return MappingProxyType(images)
 
 
-def image_tag(reference: str) -> str:
-    name = reference.partition("@")[0]
-    last_part = name[name.rfind("/") + 1:]
-    return last_part.rsplit(":", 1)[1] if ":" in last_part else ""
-
-
 def _check_gitea_rootless(reference: str) -> None:
     # The rootless image keeps everything under /var/lib/gitea and /etc/gitea, which the stack puts
     # on the data volume; the root image writes to /data, which would land on the root disk.
@@ -401,17 +395,12 @@ def _check_gitea_rootless(reference: str) -> None:
                          f"'gitea', got {reference!r}; the root image keeps its data where the data volume is not")
 
 
-def postgres_major(reference: str) -> int | None:
-    """The PostgreSQL major version a postgres image tag names (18.6-bookworm -> 18), else None."""
-    match = re.match(r"^(\d+)(?:\.\d+)*(?:-|$)", image_tag(reference))
-    return int(match.group(1)) if match else None
-
-
 def _check_postgres_major(reference: str) -> None:
     # The data directory belongs to one major version; the converge compares the two and refuses a mismatch.
     if postgres_major(reference) is None:
         raise ValueError(f"a postgres image whose tag starts with its version, such as 18.6-bookworm, for service "
                          f"'postgres', got {reference!r}; the major version must be known to protect the data")
+
 
 
 # --- the contract: key as written in the stack file -> (Settings field, parser, default) ---

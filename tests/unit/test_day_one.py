@@ -20,9 +20,9 @@ from gitea_stack.settings import (
     SettingsError,
     parse_settings,
     placeholder_problems,
-    postgres_major,
     unknown_key_problems,
 )
+from gitea_stack.versions import postgres_major
 from tests.harness.bundles import BASE
 from tests.harness.pulumi_mocks import FakeAws, run_program
 
