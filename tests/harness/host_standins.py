@@ -28,7 +28,7 @@ from typing import Any, Self
 import yaml
 
 from tests.harness.nginx import NginxServer, free_port, wait_for_port
-from tests.harness.tools import require_tool
+from tests.harness.tools import require_tool, stop_process
 
 DOCKER_STANDIN = Path(__file__).with_name("docker_standin.py")
 
@@ -171,13 +171,7 @@ class MotoServer:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> Self:
         return self.start()

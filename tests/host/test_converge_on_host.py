@@ -21,7 +21,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from tests.harness.host_standins import (
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
 from tests.harness.secret_scan import scan
 from tests.harness.tools import require_root, require_tool
-from tests.host.test_nginx import write_certificate
+from tests.host.test_nginx import wait_until, write_certificate
 
 DOMAIN = BASE["domain"]
 REGION = "eu-central-1"
@@ -242,15 +241,6 @@ def nginx_calls_of_the_last_run(host: Host, calls_before: int) -> list[list[str]
     return service_calls(host.standins.docker_calls()[calls_before:], "nginx")
 
 
-def wait_for(condition, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not so after {timeout}s")
-        time.sleep(0.05)
-    return result
-
-
 def test_a_changed_nginx_config_is_checked_and_reloaded(host):
     master, workers = host.nginx_processes()
     assert workers, "nginx runs no worker"
@@ -264,10 +254,10 @@ def test_a_changed_nginx_config_is_checked_and_reloaded(host):
     assert result.returncode == 0, explain(result)
     assert nginx_calls_of_the_last_run(host, calls_before) == [["nginx", "nginx", "-t"],
                                                                ["nginx", "nginx", "-s", "reload"]]
-    wait_for(lambda: host.https_headers()[1]["x-frame-options"] == "DENY", "nginx serving the changed header")
+    wait_until(lambda: host.https_headers()[1]["x-frame-options"] == "DENY", what="nginx serving the changed header")
     # A reload, not a restart: the same master, new workers.
-    new_master, new_workers = wait_for(lambda: (p := host.nginx_processes())[1] and not p[1] & workers and p,
-                                       "the old workers replaced")
+    new_master, new_workers = wait_until(lambda: (p := host.nginx_processes())[1] and not p[1] & workers and p,
+                                         what="the old workers replaced")
     assert new_master == master and new_workers
 
 
