@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.harness.nginx import free_port, wait_for_port
-from tests.harness.tools import require_tool
+from tests.harness.tools import require_tool, stop_process
 
 LOOPBACK = "127.0.0.1"
 
@@ -290,13 +290,7 @@ class Pebble:
 
     def stop(self) -> None:
         for process in (self.process, self.dns_process):
-            if process and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
 
     def __enter__(self) -> Pebble:
         return self.start()

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness.tools import require_tool
+from tests.harness.tools import require_tool, stop_process
 
 MAIN_CONFIG = """\
 {user}
@@ -110,13 +110,7 @@ class NginxServer:
         time.sleep(0.3)  # new workers take over after the master logs the reload
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> NginxServer:
         return self.start()

@@ -83,7 +83,7 @@ from tests.harness.acme import (
     pebble_argv,
     pebble_config,
 )
-from tests.harness.tools import require_root, require_tool
+from tests.harness.tools import require_root, require_tool, stop_process
 
 CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
 # Documentation ranges (RFC 5737), in order of preference: the first that no address or route of this
@@ -882,13 +882,7 @@ class Testbed:
         return process
 
     def _terminate(self, process: subprocess.Popen, timeout: float) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
 
     # dockerd
 

@@ -381,8 +381,10 @@ def test_everything_else_is_refused_before_dockerd(proxy, case):
     assert answer.status == 403, answer.body
     assert proxy.dockerd.requests[before:] == [], "a refused request must never reach the socket"
     assert (method, target) not in proxy.dockerd.requests
-    if method != "HEAD":
-        assert answer.content_type == "application/json"
+    assert answer.content_type == "application/json"
+    if method == "HEAD":
+        assert answer.body == b""  # the answer to HEAD is the head alone
+    else:
         assert "forbidden by the docker socket proxy" in json.loads(answer.body)["message"]
 
 

@@ -43,7 +43,9 @@ def test_egress_is_explicit(example_run):
 
 def test_every_rule_belongs_to_the_host_security_group(example_run):
     group = example_run.one("aws:ec2/securityGroup:SecurityGroup")
-    for rule in example_run.of_type(INGRESS) + example_run.of_type(EGRESS):
+    rules = example_run.of_type(INGRESS) + example_run.of_type(EGRESS)
+    assert rules
+    for rule in rules:
         assert rule.property_dependencies["securityGroupId"] == [group.urn]
 
 

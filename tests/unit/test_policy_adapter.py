@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -160,7 +161,6 @@ def test_policy_pack_files_exist(name):
 
 
 def test_policy_pack_project_runs_python_in_a_pip_virtualenv():
-    yaml = pytest.importorskip("yaml")
     project = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text())
     assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
     assert project["description"]

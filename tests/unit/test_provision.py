@@ -39,6 +39,7 @@ def test_steps_run_in_order(example_run):
 
 def test_install_pins_every_docker_package_and_sends_the_script_on_stdin(example_run):
     install = example_run.named("provision-install-docker")
+    assert DOCKER_PACKAGES
     for package, version in DOCKER_PACKAGES.items():
         assert f"{package}={version}" in install.inputs["create"]
     assert install.inputs["stdin"].startswith("#!/usr/bin/env bash")
@@ -93,6 +94,7 @@ def test_a_new_secret_value_reruns_only_the_converge(example_config, example_run
     assert {name for name in STEPS if before[name] != after[name]} == {"provision-converge"}
     # Only version ids go into the trigger: no secret value is in it, in plain text or hashed.
     converge = rotated.named("provision-converge")
+    assert rotated.mock_secrets
     assert not any(value in str(converge.inputs["triggers"]) for value in rotated.mock_secrets)
 
 

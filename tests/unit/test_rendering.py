@@ -49,6 +49,7 @@ def all_statements(document):
     iam_documents.send_mail_from_domain(["arn:aws:ses:eu-central-1:1:identity/git.example.com"], "git.example.com"),
 ])
 def test_no_document_grants_a_wildcard(document):
+    assert all_statements(document)
     for statement in all_statements(document):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]

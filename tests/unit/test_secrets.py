@@ -28,7 +28,9 @@ def test_each_generated_secret_is_random_and_stored(example_run):
 
 
 def test_secret_values_are_wrapped_as_secrets_in_every_version(example_run):
-    for version in example_run.of_type(VERSION):
+    versions = example_run.of_type(VERSION)
+    assert len(versions) == len(GENERATED_SECRETS) + 1  # + the SMTP credentials
+    for version in versions:
         assert not any(s in example_run.mock_secrets for s in plain_strings(version.raw_inputs))
         assert is_secret_wrapper(version.raw_inputs["secretString"])
 
