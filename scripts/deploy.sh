@@ -69,6 +69,11 @@ prepare_directories() {
   # 0755, not 0700: images whose postgres user is not 999 (Alpine's is 70) must reach PGDATA below
   # it, which the image's entrypoint makes 0700 and gives to its own postgres user.
   install -d -m 0755 -o 999 -g 999 "$DATA_DIR/postgres"
+  # Before 18, the image's PGDATA itself is the mount (see docker-compose.yml); it must exist as a
+  # directory of the data volume, not be created by Docker as root.
+  if [ -n "${POSTGRES_MAJOR:-}" ] && [ "$POSTGRES_MAJOR" -lt 18 ]; then
+    install -d -m 0700 -o 999 -g 999 "$DATA_DIR/postgres/data"
+  fi
   install -d -m 0750 -o 1000 -g 1000 "$DATA_DIR/gitea" "$DATA_DIR/gitea/data"
   # app.ini holds the database and SMTP passwords: only Gitea's user may enter its directory.
   install -d -m 0700 -o 1000 -g 1000 "$DATA_DIR/gitea/config"

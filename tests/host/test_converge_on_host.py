@@ -118,13 +118,19 @@ def store_canaries(moto: MotoServer) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(tmp_path_factory, request):
     require_root("deploy.sh gives secret files to the users the images run as (install -o)")
     nginx_path = require_tool("nginx", "nginx")
     root = tmp_path_factory.mktemp("converge")
     bundle_dir, data_dir = root / "opt" / "gitea-stack", root / "srv" / "gitea-stack"
     systemd_dir = root / "etc-systemd-system"
     systemd_dir.mkdir()
+    # The data volume is a mount point (deploy.sh refuses to run on an unmounted one); a tmpfs has no
+    # block device, so the converge's filesystem growth leaves it alone.
+    data_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "gitea-stack-test-data", str(data_dir)],
+                   check=True)
+    request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", str(data_dir)], check=True))
     https_port = free_port()
     layout = HostLayout(
         bundle_dir=str(bundle_dir), data_dir=str(data_dir),

@@ -267,3 +267,18 @@ def test_cli_render_without_aws_says_how_to_render_offline(tmp_path, capsys, mon
     assert cli_main(["render", "--stack", "example", "--project-dir", "examples", "--out", str(tmp_path / "out")]) == 1
     assert "pass --instance-memory-mib" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("image, host_path, container_path", [
+    ("docker.io/library/postgres:18.6-bookworm", "/srv/gitea-stack/postgres", "/var/lib/postgresql"),
+    ("docker.io/library/postgres:19.0-trixie", "/srv/gitea-stack/postgres", "/var/lib/postgresql"),
+    # Before 18 the image declares VOLUME /var/lib/postgresql/data: the data volume must be mounted
+    # exactly there, or Docker puts the database in an anonymous volume on the root disk.
+    ("docker.io/library/postgres:17.6-bookworm", "/srv/gitea-stack/postgres/data", "/var/lib/postgresql/data"),
+])
+def test_the_database_lands_on_the_data_volume_for_each_postgres_layout(image, host_path, container_path):
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    volumes = compose(parse_settings({**BASE, "images": {"postgres": image}}, "prod"))["services"]["postgres"]["volumes"]
+    assert f"{host_path}:{container_path}" in volumes
+    assert [volume for volume in volumes if volume.startswith("/srv/")] == [f"{host_path}:{container_path}"]

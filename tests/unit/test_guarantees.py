@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from gitea_stack import rendering
 from gitea_stack.settings import SettingsError, parse_image_reference, parse_settings
 from gitea_stack.versions import DEFAULT_IMAGES, DIUN_INCLUDE_TAGS, DOCKER_PACKAGES
 from tests.harness.bundles import BASE, variant
-from tests.harness.pulumi_mocks import PROJECT_DIR, run_program
+from tests.harness.pulumi_mocks import EXAMPLE_STACK_FILE, PROJECT_DIR, run_program
 
 # --- sshd hardening, from the user data ------------------------------------------------------------
 
@@ -185,28 +186,37 @@ sys.stdout.write(upload_payload(render_bundle(settings, 4096), sys.stdin.read())
 """
 
 
-def render_upload_elsewhere(facts: str, **environment: str) -> str:
+@pytest.fixture(scope="module")
+def prod_stack_dir(tmp_path_factory) -> Path:
+    """A project directory holding the example stack as stack `prod`, the stack the mocked runs use."""
+    directory = tmp_path_factory.mktemp("project")
+    shutil.copyfile(EXAMPLE_STACK_FILE, directory / "Pulumi.prod.yaml")
+    return directory
+
+
+def render_upload_elsewhere(project_dir: Path, facts: str, **environment: str) -> str:
     env = {key: value for key, value in os.environ.items() if key not in ("SOURCE_DATE_EPOCH", "TZ", "LC_ALL")}
-    result = subprocess.run([sys.executable, "-c", RENDER_UPLOAD, str(PROJECT_DIR)], input=facts, check=False,
+    result = subprocess.run([sys.executable, "-c", RENDER_UPLOAD, str(project_dir)], input=facts, check=False,
                             capture_output=True, text=True, cwd="/", env={**env, **environment}, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_the_upload_is_byte_identical_across_processes_time_zones_and_times(example_run):
+def test_the_upload_is_byte_identical_across_processes_time_zones_and_times(example_run, prod_stack_dir):
     sent = example_run.named("provision-copy-bundle").inputs["stdin"]
     facts = tar_members(copy_payload(example_run))["stack-facts.env"][0].decode()
-    first = render_upload_elsewhere(facts, TZ="UTC", LC_ALL="C", PYTHONHASHSEED="0")
+    first = render_upload_elsewhere(prod_stack_dir, facts, TZ="UTC", LC_ALL="C", PYTHONHASHSEED="0")
     started = int(time.time())
     while int(time.time()) == started:  # a second apart at least: no clock may leak into the bytes
         time.sleep(0.05)
-    second = render_upload_elsewhere(facts, TZ="Pacific/Kiritimati", LC_ALL="C.UTF-8", PYTHONHASHSEED="4242")
+    second = render_upload_elsewhere(prod_stack_dir, facts, TZ="Pacific/Kiritimati", LC_ALL="C.UTF-8", PYTHONHASHSEED="4242")
     assert first == second == sent
 
 
-def test_cli_render_writes_exactly_what_the_copy_step_carries(example_run, tmp_path):
+def test_cli_render_writes_exactly_what_the_copy_step_carries(example_run, tmp_path, prod_stack_dir):
     out = tmp_path / "rendered"
     result = subprocess.run([sys.executable, "-m", "gitea_stack", "render", "--stack", "prod", "--out", str(out),
+                             "--project-dir", str(prod_stack_dir),
                              "--instance-memory-mib", "4096"], check=False, capture_output=True, text=True, cwd=PROJECT_DIR,
                             env={**os.environ, "TZ": "America/St_Johns"}, timeout=60)
     assert result.returncode == 0, result.stderr
