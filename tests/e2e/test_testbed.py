@@ -241,8 +241,8 @@ def test_a_new_instance_keeps_the_data_volume_and_nothing_else(testbed):
                 f"/opt/gitea-stack/old/file {DATA_MOUNT_POINT}/kept >/dev/null && sudo systemctl daemon-reload "
                 "&& touch ~/old-upload")
     image = hostroot_image(testbed)
-    testbed.docker("run", "--detach", "--restart", "unless-stopped", "--volume", "/usr:/usr:ro", image,
-                   "sleep", "infinity")
+    testbed.docker("run", "--detach", "--restart", "unless-stopped", "--stop-timeout", "1", "--volume",
+                   "/usr:/usr:ro", image, "sleep", "infinity")  # sleep ignores SIGTERM: killed after 1 s
     testbed.docker("network", "create", "old-network")
     old_dockerd = testbed.recorded_pids()["dockerd"]
 
