@@ -5,8 +5,9 @@ touched), keeps its data root in the testbed cache (so a second run finds every 
 seconds) and is stopped by its PID. Then: postgres initialises from a password file and takes a
 SCRAM login from another container; the gitea stand-in starts against it with its secret files
 (0600, owned by 1000) and serves /api/healthz; its CLI creates and lists the admin as deploy.sh
-does; nginx accepts the bundle's own site files (`http2 on;`) and answers its healthcheck;
-certbot runs and trusts the extra CA; diun reads its secrets and the Docker socket.
+does; it keeps a repository as a row in PostgreSQL and a directory in its data; nginx accepts
+the bundle's own site files (`http2 on;`) and answers its healthcheck; certbot runs and trusts the
+extra CA; diun reads its secrets and the Docker socket.
 """
 
 from __future__ import annotations
@@ -330,6 +331,43 @@ def test_gitea_cli_creates_and_lists_the_admin_as_deploy_sh_does(docker, gitea):
     names = [line.split()[1] for line in docker.run("exec", gitea, "gitea", "admin", "user", "list").stdout
              .splitlines()[1:]]
     assert names == ["smoke-admin"]
+
+
+def test_gitea_keeps_repositories_in_its_database_and_data_directory(docker, gitea, postgres):
+    docker.run("exec", gitea, "gitea", "admin", "user", "create", "--username", "smoke-owner", "--email",
+               "owner@example.com", "--password", "smoke-owner-password", "--must-change-password=false")
+
+    def api(method: str, path: str, user: str | None = None, body: dict | None = None) -> tuple[int, str]:
+        args = ["exec", gitea, "curl", "--silent", "--write-out", "\n%{http_code}", "--request", method]
+        if user is not None:
+            args += ["--user", user]
+        if body is not None:
+            args += ["--header", "Content-Type: application/json", "--data", json.dumps(body)]
+        text, _, status = docker.run(*args, f"http://localhost:3000{path}").stdout.rpartition("\n")
+        return int(status), text
+
+    owner = "smoke-owner:smoke-owner-password"
+    try:
+        description = "it's :'name' \"quoted\""  # psql variables are values, never SQL
+        status, created = api("POST", "/api/v1/user/repos", owner,
+                              {"name": "Smoke-Repo", "description": description, "private": True})
+        assert status == 201, created
+        repository = json.loads(created)
+        assert (repository["full_name"], repository["description"], repository["private"]) == \
+            ("smoke-owner/Smoke-Repo", description, True)
+        assert repository["clone_url"] == f"https://{DOMAIN}/smoke-owner/Smoke-Repo.git"
+        assert api("GET", "/api/v1/repos/smoke-owner/smoke-repo", owner) == (200, created)
+        assert api("GET", "/api/v1/repos/smoke-owner/smoke-repo")[0] == 404  # private
+        assert api("POST", "/api/v1/user/repos", owner, {"name": "smoke-repo"})[0] == 409
+        assert api("POST", "/api/v1/user/repos", owner, {"name": "../escape"})[0] == 422
+        assert api("POST", "/api/v1/user/repos", None, {"name": "anonymous"})[0] == 401
+        rows = docker.run("exec", postgres, "psql", "--username=gitea", "--dbname=gitea", "--tuples-only",
+                          "--no-align", "--command=SELECT owner_name, name, is_private FROM repository").stdout
+        assert rows.strip() == "smoke-owner|Smoke-Repo|t"
+        head = docker.run("exec", gitea, "cat", "/var/lib/gitea/git/repositories/smoke-owner/smoke-repo.git/HEAD")
+        assert head.stdout == "ref: refs/heads/main\n"
+    finally:
+        docker.run("exec", gitea, "gitea", "admin", "user", "delete", "--username", "smoke-owner")
 
 
 def test_nginx_accepts_the_bundles_sites_and_answers_its_healthcheck(docker, images, tmp_path):

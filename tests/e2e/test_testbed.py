@@ -2,8 +2,9 @@
 
 One module testbed, in order: SSH and sudo as `pulumi up` uses them, the testbed's dockerd behind
 `sudo docker`, the data volume, the program's own wait and install steps, private files, moto from
-the host's root, pebble, containers reaching the testbed, nothing listening outside the namespace;
-the last test stops it and checks that nothing of it is left.
+the host's root, pebble, containers reaching the testbed, nothing listening outside the namespace,
+a new instance for the same data volume; the last test stops it and checks that nothing of it is
+left.
 """
 
 from __future__ import annotations
@@ -233,6 +234,34 @@ def test_nothing_listens_outside_the_namespace(testbed):
     # The veth reaches the testbed only: nothing of this machine is reachable from it by a route.
     routes = testbed.run("ip -4 route").stdout
     assert "default" not in routes, routes
+
+
+def test_a_new_instance_keeps_the_data_volume_and_nothing_else(testbed):
+    testbed.ssh("sudo install -d /opt/gitea-stack/old /var/log/gitea-stack && echo old | sudo tee "
+                f"/opt/gitea-stack/old/file {DATA_MOUNT_POINT}/kept >/dev/null && sudo systemctl daemon-reload "
+                "&& touch ~/old-upload")
+    image = hostroot_image(testbed)
+    testbed.docker("run", "--detach", "--restart", "unless-stopped", "--stop-timeout", "1", "--volume",
+                   "/usr:/usr:ro", image, "sleep", "infinity")  # sleep ignores SIGTERM: killed after 1 s
+    testbed.docker("network", "create", "old-network")
+    old_dockerd = testbed.recorded_pids()["dockerd"]
+
+    testbed.replace_instance()
+
+    assert testbed.recorded_pids()["dockerd"] != old_dockerd and not Path(f"/proc/{old_dockerd}").exists()
+    assert testbed.docker("ps", "--all", "--quiet").stdout.split() == []
+    assert "old-network" not in testbed.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert testbed.docker("image", "inspect", image, check=False).returncode == 0  # the image cache stays
+    for gone in ("/opt/gitea-stack/old", "/var/log/gitea-stack", "/home/ubuntu/old-upload",
+                 "/home/ubuntu/gitea-stack-upload"):
+        assert not testbed.path(gone).exists(), gone
+    assert testbed.systemctl_calls() == []
+    assert testbed.path(f"{DATA_MOUNT_POINT}/kept").read_text() == "old\n"
+    assert testbed.path(f"{DATA_MOUNT_POINT}/probe").read_text() == "data\n"
+    # The new instance: the same login, sudo, the new dockerd behind `sudo docker`, the instance role's AWS access.
+    inside = testbed.ssh("sudo docker info --format '{{.ID}}'").stdout.strip()
+    assert inside == testbed.docker("info", "--format", "{{.ID}}").stdout.strip()
+    assert testbed.ssh("sudo test -s /root/.aws/credentials", check=False).returncode == 0
 
 
 def test_stop_leaves_nothing_behind(testbed):

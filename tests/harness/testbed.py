@@ -35,6 +35,11 @@ letting anything reach past this machine or touch this machine's own files:
   pebble's listener certificate is signed by a CA kept in /var/cache/gitea-stack-testbed/pebble-ca
   (made once, reused: images built to trust it stay valid).
 
+* A new instance for the same data volume (`replace_instance()`), as after `pulumi destroy` with
+  retainDataOnDestroy and a later `pulumi up` that takes the volume over: the containers stop as
+  at a shutdown and are removed, dockerd starts again, and the root disk (the private directories
+  above) is back to what start() made; the data volume, moto's secrets and pebble stay.
+
 Every process is started by the harness and stopped by its PID; then the veth, the namespace, the
 user, the sudoers drop-in and the mount-point directories the harness created are removed. One
 testbed runs at a time (a lock in the cache directory). A state file there records what was created,
@@ -436,6 +441,7 @@ class Testbed:
         self._lock_file: io.TextIOWrapper | None = None
         self._state: State | None = None
         self._overmounts = 0
+        self._first_boot: set[Path] = set()  # what the root disk held when start() was done
         self.run_dir: Path | None = None
         self.netns = f"{NETNS_PREFIX}{os.getpid()}"
         self.veth_host = f"gst{os.getpid()}h"
@@ -577,6 +583,37 @@ class Testbed:
         self.run(f"umount {DATA_MOUNT_POINT}")
         self._overmounts -= 1
 
+    def replace_instance(self) -> None:
+        """The instance goes and a new one gets its data volume, as `pulumi destroy` (retainDataOnDestroy)
+        and a later `pulumi up` that takes the volume over.
+
+        Gone with the old instance: every container (stopped with its own stop timeout, as at a
+        shutdown, then removed with its networks and volumes), the running dockerd (a new one starts),
+        and whatever was written to the root disk since start(): /opt/gitea-stack, /etc/systemd/system,
+        /home/ubuntu (but the login key, which cloud-init installs on the new one), /var/log and /run;
+        the systemctl record starts empty. Kept: the data volume at /srv/gitea-stack, the AWS side
+        (moto: Secrets Manager, S3), pebble, sshd and its host key, root's AWS configuration (the new
+        instance's role) and the image cache in dockerd's data root (pulls are not what this plays).
+        """
+        if self._overmounts:
+            raise RuntimeError("restore_data_volume() first: the new instance gets the original data volume")
+        began = time.monotonic()
+        running = self.docker("ps", "--quiet", timeout=60).stdout.split()
+        if running:
+            self.docker("stop", *running, timeout=180)
+        self._remove_containers()
+        self._terminate(self.processes["dockerd"], timeout=40)
+        for path in sorted(self._root_disk() - self._first_boot, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        (self._shims / "systemctl.log").write_text("")
+        self._launch_dockerd()
+        self._wait_dockerd()
+        self.timings["replace instance"] = time.monotonic() - began
+        _log(f"new instance for the data volume in {self.timings['replace instance']:.1f}s")
+
     # --- life cycle -----------------------------------------------------------------------------------
 
     def __enter__(self) -> Testbed:
@@ -601,6 +638,7 @@ class Testbed:
             self._timed("sshd", self._wait_sshd, since=launched)
             self._timed("pebble and challtestsrv", self._wait_pebble, since=launched)
             self._timed("moto", self._wait_moto, since=launched)
+            self._first_boot = self._root_disk()
             if self.build_images is not None:
                 self._timed("images", lambda: self.build_images(
                     docker_host=self.docker_host, cache_dir=CACHE_DIR, extra_ca_pem=self.acme_ca_pem))
@@ -693,6 +731,15 @@ class Testbed:
         self.run_dir.chmod(0o711)  # ubuntu must reach the shims; nothing in here is listable
         self._state["run_dir"] = str(self.run_dir)
         self._logs.mkdir()
+
+    def _root_disk(self) -> set[Path]:
+        """Every path below the private directories (the instance's root disk), symlinks not followed."""
+        assert self.run_dir is not None
+        found = set()
+        for name in PRIVATE_DIRS.values():
+            for directory, subdirectories, files in os.walk(self.run_dir / "mnt" / name):
+                found.update(Path(directory, entry) for entry in subdirectories + files)
+        return found
 
     @property
     def _logs(self) -> Path:

@@ -21,6 +21,11 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
                        GET   /api/v1/user                 the user of the basic auth credentials
                        PATCH /api/v1/admin/users/<name>   an admin sets login_name/source_id/password/
                                                           must_change_password (basic auth; 401, 403)
+                       POST  /api/v1/user/repos           the signed-in user creates a repository:
+                                                          {"name", "description", "private"} (201;
+                                                          401, 403, 409 when it exists, 422)
+                       GET   /api/v1/repos/<owner>/<repo> a repository (a private one for its owner
+                                                          and admins only, else 404)
                        GET   /metrics                     with "Authorization: Bearer <[metrics] TOKEN>"
                        GET   /                            a small page naming ROOT_URL
                      With START_SSH_SERVER, SSH_LISTEN_PORT answers with an SSH banner and closes.
@@ -35,7 +40,10 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
 
 Unknown flags are rejected, as by the real CLI. Users (with salted PBKDF2 password hashes) and
 tokens live in $GITEA_WORK_DIR/standin-state.json (/var/lib/gitea, the data volume), shared by
-the server and the CLI under an flock.
+the server and the CLI under an flock. Repositories live where Gitea keeps them: a row in the
+`repository` table of its PostgreSQL database (created at start, as Gitea's migrations create
+theirs) and a bare repository directory under $GITEA_WORK_DIR/git/repositories/<owner>/<name>.git
+(the rootless image's [repository] ROOT).
 """
 
 from __future__ import annotations
@@ -233,6 +241,62 @@ def public_user(user: dict) -> dict:
             "source_id": user.get("source_id", 0), "email": user["email"], "is_admin": user["is_admin"],
             "active": user["is_active"], "must_change_password": user["must_change_password"],
             "restricted": False, "prohibit_login": False}
+
+
+# --- repositories: a row in PostgreSQL and a bare directory on the data volume, as Gitea keeps them ---
+
+REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+# Gitea's migrations create its tables at the first start; this is the stand-in's one table.
+REPOSITORY_TABLE = """CREATE TABLE IF NOT EXISTS repository (
+    id BIGSERIAL PRIMARY KEY,
+    owner_id BIGINT NOT NULL,
+    owner_name TEXT NOT NULL,
+    lower_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    is_private BOOLEAN NOT NULL DEFAULT FALSE,
+    created_unix BIGINT NOT NULL,
+    UNIQUE (owner_id, lower_name));
+"""
+REPOSITORY_ROW = ("json_build_object('id', id, 'owner_id', owner_id, 'owner_name', owner_name, 'name', name, "
+                  "'description', description, 'private', is_private, 'created_unix', created_unix)")
+
+
+class DatabaseError(Exception):
+    """psql failed; the message is its ERROR line (e.g. a unique-constraint violation) or its last line."""
+
+
+class Database:
+    """Gitea's database, through psql as Gitea's user: one statement script per call."""
+
+    def __init__(self, config: dict[str, dict[str, str]]):
+        self.command, self.environment, self.description = database_client(config)
+
+    def run(self, script: str, **variables: str) -> str:
+        """Runs `script` (psql variables such as :'name' come from `variables`); its output, stripped."""
+        command = [*self.command, "--set=ON_ERROR_STOP=1",
+                   *(f"--set={key}={value}" for key, value in variables.items())]
+        result = subprocess.run(command, input=script, env=self.environment, capture_output=True, text=True,
+                                timeout=30, check=False)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or ["psql failed"]
+            raise DatabaseError(next((line for line in lines if "ERROR:" in line), lines[-1]))
+        return result.stdout.strip()
+
+
+def repository_path(owner: str, name: str) -> str:
+    return os.path.join(work_dir(), "git", "repositories", owner.lower(), f"{name.lower()}.git")
+
+
+def init_bare_repository(path: str) -> None:
+    """What `git init --bare` leaves: HEAD, config, description, empty objects and refs."""
+    for directory in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "hooks", "info"):
+        os.makedirs(os.path.join(path, directory), exist_ok=True)
+    for name, text in (("HEAD", "ref: refs/heads/main\n"),
+                       ("config", "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"),
+                       ("description", "Unnamed repository; edit this file 'description' to name the repository.\n")):
+        with open(os.path.join(path, name), "w") as handle:
+            handle.write(text)
 
 
 # --- the command line, parsed like urfave/cli: -flag, --flag, --flag=value, --flag value ---
@@ -452,10 +516,14 @@ def cmd_generate_runner_token(args: list[str]) -> int:
 
 # --- the server ---
 
+NOT_JSON = object()  # a request body that could not be parsed
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "Gitea-stand-in"
     config: dict[str, dict[str, str]] = {}
     state: State
+    database: Database
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
         client = client_address(self.config, self.client_address[0], self.headers.get("X-Forwarded-For", ""))
@@ -496,6 +564,33 @@ class Handler(BaseHTTPRequestHandler):
     def path_only(self) -> str:
         return self.path.split("?", 1)[0]
 
+    def json_body(self) -> object:
+        """The request's JSON body; NOT_JSON after answering 400 when it is not JSON."""
+        try:
+            return json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        except ValueError:
+            self.fail(400, "invalid JSON body")
+            return NOT_JSON
+
+    def signed_in_user(self) -> dict | None:
+        """The user of the basic auth credentials, or None after answering 401 or 403."""
+        with self.state.open() as data:
+            user = self.authenticated_user(data)
+        if user is None:
+            self.fail(401, "user does not exist or the password is wrong")
+        elif user["must_change_password"]:
+            self.fail(403, "You must change your password. Change it at: " + self.root_url() + "user/change_password")
+        else:
+            return user
+        return None
+
+    def repository_json(self, row: dict) -> dict:
+        full_name = f"{row['owner_name']}/{row['name']}"
+        return {"id": row["id"], "owner": {"id": row["owner_id"], "login": row["owner_name"]}, "name": row["name"],
+                "full_name": full_name, "description": row["description"], "private": row["private"],
+                "clone_url": f"{self.root_url()}{full_name}.git",
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created_unix"]))}
+
     def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
         self.do_GET()
 
@@ -508,13 +603,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/api/v1/version":
             self.send_json(200, {"version": VERSION})
         elif path == "/api/v1/user":
-            with self.state.open() as data:
-                user = self.authenticated_user(data)
-            if user is None:
-                self.fail(401, "user does not exist or the password is wrong")
-            elif user["must_change_password"]:
-                self.fail(403, "You must change your password. Change it at: " + self.root_url() + "user/change_password")
-            else:
+            user = self.signed_in_user()
+            if user is not None:
                 self.send_json(200, public_user(user))
         elif path == "/metrics":
             token = setting(self.config, "metrics", "TOKEN")
@@ -527,6 +617,8 @@ class Handler(BaseHTTPRequestHandler):
                 with self.state.open() as data:
                     users = len(data["users"])
                 self.send_text(200, f"# TYPE gitea_users gauge\ngitea_users {users}\n", "text/plain; version=0.0.4")
+        elif match := re.fullmatch(r"/api/v1/repos/([^/]+)/([^/]+)", path):
+            self.get_repository(*(urllib.parse.unquote(part) for part in match.groups()))
         elif path == "/":
             root = html.escape(self.root_url())
             self.send_text(200, f"<!DOCTYPE html>\n<html><head><title>Gitea: Git with a cup of tea</title></head>"
@@ -536,15 +628,72 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.fail(404, "Not Found")
 
+    def get_repository(self, owner: str, name: str) -> None:
+        try:
+            row = self.database.run(f"SELECT {REPOSITORY_ROW} FROM repository "
+                                    "WHERE lower(owner_name) = lower(:'owner') AND lower_name = lower(:'name');",
+                                    owner=owner, name=name)
+        except DatabaseError as problem:
+            self.fail(500, f"database: {problem}")
+            return
+        repository = json.loads(row) if row else None
+        if repository is not None and repository["private"]:
+            with self.state.open() as data:
+                viewer = self.authenticated_user(data)
+            if viewer is None or not (viewer["id"] == repository["owner_id"] or viewer["is_admin"]):
+                repository = None  # Gitea does not say that a private repository exists
+        if repository is None:
+            self.fail(404, "The target couldn't be found.")
+        else:
+            self.send_json(200, self.repository_json(repository))
+
+    def do_POST(self) -> None:
+        if self.path_only() != "/api/v1/user/repos":
+            self.fail(404, "Not Found")
+            return
+        body = self.json_body()
+        if body is NOT_JSON:
+            return
+        user = self.signed_in_user()
+        if user is None:
+            return
+        if not isinstance(body, dict):
+            self.fail(422, "expected a JSON object")
+            return
+        name = body.get("name")
+        if not isinstance(name, str) or not REPOSITORY_NAME.match(name) or name in (".", ".."):
+            self.fail(422, "[Name]: must be valid alpha or numeric or dash(-_) or dot characters")
+            return
+        try:
+            row = self.database.run(
+                "INSERT INTO repository (owner_id, owner_name, lower_name, name, description, is_private, "
+                "created_unix) VALUES (:'owner_id'::bigint, :'owner', lower(:'name'), :'name', :'description', "
+                f":'private'::boolean, :'created'::bigint) RETURNING {REPOSITORY_ROW};",
+                owner_id=str(user["id"]), owner=user["username"], name=name,
+                description=str(body.get("description", "")), private=str(bool(body.get("private", False))).lower(),
+                created=str(int(time.time())))
+        except DatabaseError as problem:
+            if "duplicate key" in str(problem):
+                self.fail(409, "The repository with the same name already exists.")
+            else:
+                self.fail(500, f"database: {problem}")
+            return
+        repository = json.loads(row)
+        try:
+            init_bare_repository(repository_path(user["username"], name))
+        except OSError as problem:
+            self.database.run("DELETE FROM repository WHERE id = :'id'::bigint;", id=str(repository["id"]))
+            self.fail(500, f"cannot create the repository on disk: {problem}")
+            return
+        self.send_json(201, self.repository_json(repository))
+
     def do_PATCH(self) -> None:  # noqa: N802
         match = re.fullmatch(r"/api/v1/admin/users/([^/]+)", self.path_only())
         if not match:
             self.fail(404, "Not Found")
             return
-        try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-        except (ValueError, json.JSONDecodeError):
-            self.fail(400, "invalid JSON body")
+        body = self.json_body()
+        if body is NOT_JSON:
             return
         with self.state.open(write=True) as data:
             actor = self.authenticated_user(data)
@@ -587,7 +736,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, reply)
 
 
-def wait_for_database(config: dict[str, dict[str, str]]) -> None:
+def database_client(config: dict[str, dict[str, str]]) -> tuple[list[str], dict[str, str], str]:
+    """psql as Gitea's database user, from [database]: (argv without a command, environment, "NAME on HOST:PORT")."""
     db_type = setting(config, "database", "DB_TYPE", "sqlite3")
     if db_type not in ("postgres", "postgresql"):
         raise CommandError(f"the stand-in supports [database] DB_TYPE postgres only, not {db_type!r}")
@@ -601,8 +751,14 @@ def wait_for_database(config: dict[str, dict[str, str]]) -> None:
     environment = {**os.environ, "PGPASSWORD": setting(config, "database", "PASSWD"),
                    "PGSSLMODE": setting(config, "database", "SSL_MODE", "disable"), "PGCONNECT_TIMEOUT": "5"}
     command = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only", "--no-align",
-               f"--host={host}", f"--port={port or '5432'}", f"--username={user}", f"--dbname={name}",
-               "--command=SELECT 1"]
+               f"--host={host}", f"--port={port or '5432'}", f"--username={user}", f"--dbname={name}"]
+    return command, environment, f"{name} on {host}:{port}"
+
+
+def wait_for_database(config: dict[str, dict[str, str]]) -> None:
+    client, environment, database = database_client(config)
+    command = [*client, "--command=SELECT 1"]
+    user = setting(config, "database", "USER")
     wait = float(os.environ.get("STANDIN_DB_WAIT_SECONDS", "60"))
     deadline = time.monotonic() + wait
     attempt = 0
@@ -610,12 +766,11 @@ def wait_for_database(config: dict[str, dict[str, str]]) -> None:
         attempt += 1
         result = subprocess.run(command, env=environment, capture_output=True, text=True)
         if result.returncode == 0:
-            log(f"database {name} on {host}:{port} answers as {user} (attempt {attempt})")
+            log(f"database {database} answers as {user} (attempt {attempt})")
             return
         problem = (result.stderr.strip().splitlines() or ["psql failed"])[-1]
         if time.monotonic() >= deadline:
-            raise CommandError(f"cannot connect to the database {name} on {address} as {user} "
-                               f"after {wait:.0f}s: {problem}")
+            raise CommandError(f"cannot connect to the database {database} as {user} after {wait:.0f}s: {problem}")
         log(f"database not ready yet (attempt {attempt}): {problem}")
         time.sleep(2)
 
@@ -654,6 +809,11 @@ def cmd_web(args: list[str]) -> int:
         if not load_secret(config, "security", key):
             raise CommandError(f"[security] {key} is empty: the stand-in, like the stack, expects it set")
     wait_for_database(config)
+    database = Database(config)
+    try:
+        database.run(REPOSITORY_TABLE)
+    except DatabaseError as problem:
+        raise CommandError(f"cannot create the repository table in {database.description}: {problem}") from None
     app_ini = os.environ.get("GITEA_APP_INI", "/etc/gitea/app.ini")
     write_app_ini(config, app_ini)
     state = State(str(values.get("work-path") or work_dir()))
@@ -662,6 +822,7 @@ def cmd_web(args: list[str]) -> int:
 
     Handler.config = config
     Handler.state = state
+    Handler.database = database
     port = int(values.get("port") or setting(config, "server", "HTTP_PORT", "3000"))
     address = setting(config, "server", "HTTP_ADDR", "")
     if address in ("", "0.0.0.0", "::") and socket.has_dualstack_ipv6():
