@@ -390,8 +390,8 @@ def parse_images(value: Any) -> Mapping[str, str]:
 def _check_gitea_rootless(reference: str) -> None:
     # The rootless image keeps everything under /var/lib/gitea and /etc/gitea, which the stack puts
     # on the data volume; the root image writes to /data, which would land on the root disk.
-    if not image_tag(reference).endswith("-rootless"):
-        raise ValueError(f"a rootless Gitea image (a tag ending in -rootless, such as 1.27.3-rootless) for service "
+    if "rootless" not in image_tag(reference).split("-"):
+        raise ValueError(f"a rootless Gitea image (a -rootless tag, such as 1.27.3-rootless) for service "
                          f"'gitea', got {reference!r}; the root image keeps its data where the data volume is not")
 
 

@@ -182,11 +182,11 @@ def destroyed(testbed, forge) -> dict[str, tuple]:
 
 def test_destroy_leaves_a_fresh_instance_with_the_kept_data_volume(testbed, stack_run, destroyed):
     assert_a_fresh_instance(testbed)
-    for kept in ("gitea/data/standin-state.json", "postgres/18/docker/PG_VERSION", "state/gitea-secret-key.sha256",
+    for kept in ("gitea/data/standin-state.json", "postgres/data/PG_VERSION", "state/gitea-secret-key.sha256",
                  f"letsencrypt/live/{DOMAIN}/fullchain.pem",
                  f"gitea/data/git/repositories/{USER}/{REPOSITORY}.git/HEAD"):
         assert kept in destroyed, kept
-    assert "postgres/18/docker/postmaster.pid" not in destroyed  # PostgreSQL was shut down cleanly
+    assert "postgres/data/postmaster.pid" not in destroyed  # PostgreSQL was shut down cleanly
     secrets_manager = testbed.boto3_client("secretsmanager")
     for name, value in stored_secrets(stack_run).items():  # retained
         assert secrets_manager.get_secret_value(SecretId=name)["SecretString"] == value

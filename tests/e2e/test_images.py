@@ -221,14 +221,15 @@ def postgres(docker, images, network, tmp_path_factory) -> str:
                "--network-alias", "postgres", "--security-opt", "no-new-privileges:true",
                "--env", "POSTGRES_USER=gitea", "--env", "POSTGRES_DB=gitea",
                "--env", "POSTGRES_PASSWORD_FILE=/run/gitea-stack/postgres-password",
-               "--volume", f"{data}:/var/lib/postgresql",
+               # As the compose file mounts the data volume for a 17 image: at its PGDATA.
+               "--volume", f"{data}:/var/lib/postgresql/data",
                "--volume", f"{work / 'secrets'}:/run/gitea-stack:ro", images["postgres"])
     # Compose's healthcheck: over TCP, which is up only once initdb's socket-only server has stopped.
     wait_until("postgres ready (compose's healthcheck)",
                lambda: docker.run("exec", name, "pg_isready", "--host=127.0.0.1", "--username=gitea",
                                   "--dbname=gitea", check=False).returncode == 0,
                on_timeout=lambda: docker.logs(name))
-    assert (data / "18" / "docker" / "PG_VERSION").exists()
+    assert (data / "PG_VERSION").read_text().strip() == "17"
     return name
 
 

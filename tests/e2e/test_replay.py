@@ -435,12 +435,18 @@ def test_switching_acme_servers_reissues_the_certificate(testbed, images, target
     assert f"server = {testbed.directory_url}\n" in renewal.read_text()
 
 
-def test_an_image_with_another_postgres_user_can_reach_its_data(testbed, converged):
+def test_the_database_is_on_the_data_volume_where_the_image_keeps_it(testbed, converged):
     postgres_dir = testbed.path("/srv/gitea-stack/postgres")
     assert stat.S_IMODE(postgres_dir.stat().st_mode) == 0o755
-    # Alpine's postgres is uid 70: it must get through the mount point to the PGDATA it owns.
-    assert testbed.run("setpriv --reuid=70 --regid=70 --clear-groups ls /srv/gitea-stack/postgres/18",
-                       check=False).returncode == 0
+    # A 17 image: its PGDATA (and VOLUME) /var/lib/postgresql/data is the data volume's postgres/data,
+    # so no anonymous volume holds the database.
+    pgdata = testbed.path("/srv/gitea-stack/postgres/data")
+    assert (pgdata / "PG_VERSION").read_text().strip() == "17"
+    assert (stat.S_IMODE(pgdata.stat().st_mode), pgdata.stat().st_uid) == (0o700, 999)
+    postgres_id = containers(testbed)["postgres"][0]
+    mounts = json.loads(testbed.run(f"docker inspect --format '{{{{json .Mounts}}}}' {postgres_id}").stdout)
+    assert [(mount["Type"], mount["Destination"]) for mount in mounts
+            if mount["Destination"].startswith("/var/lib/postgresql")] == [("bind", "/var/lib/postgresql/data")]
 
 
 def test_the_converge_installs_docker_s_mount_requirement_where_systemd_reads_it(testbed, stack_run, converged):

@@ -50,7 +50,7 @@ SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 # The version each image stands for starts its tag; a hash of its inputs ends it.
 TAG_PREFIXES = {
-    "postgres": "17-trixie",        # trixie's PostgreSQL 17, PGDATA laid out as in the 18 images
+    "postgres": "17-trixie",        # trixie's PostgreSQL 17, laid out as the official 17 images
     "nginx": "1.26-trixie",
     "certbot": "4.0-trixie",
     "gitea": "1.27.3-rootless",     # the stand-in answers /api/v1/version with 1.27.3

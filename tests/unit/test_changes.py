@@ -234,3 +234,11 @@ def test_kept_secret_names_pick_only_the_stacks_own_keys():
     assert problems == []
     assert set(chosen) == set(GENERATED_SECRETS)
     assert all(name.startswith("gitea-stack/old/") for name in chosen.values())
+
+
+def test_kept_secret_values_travel_nowhere(adopted_run):
+    # The kept values are read only for the adminPassword output (a secret); nothing else carries them.
+    from tests.unit.test_no_secret_leaks import leaks
+    kept_values = {value for value in kept_secrets().values()}
+    assert kept_values <= adopted_run.mock_secrets
+    assert leaks(adopted_run) == []

@@ -4,7 +4,7 @@
 #   POSTGRES_USER (default postgres)              the superuser initdb creates
 #   POSTGRES_DB (default POSTGRES_USER)           a database created on first start
 #   POSTGRES_HOST_AUTH_METHOD (default scram-sha-256) for connections over the network
-#   PGDATA                                        the data directory (/var/lib/postgresql/18/docker)
+#   PGDATA                                        the data directory (/var/lib/postgresql/data)
 # An empty PGDATA is initialised; an existing one is reused as it is. Started as root, it fixes
 # the ownership of PGDATA and the socket directory, then runs as postgres (uid 999).
 set -Eeuo pipefail
@@ -34,7 +34,8 @@ file_env() {
 
 prepare_directories_as_root() {
   mkdir -p "$PGDATA"
-  # Directories between the volume and PGDATA (18/ of 18/docker) belong to postgres as well.
+  # Directories between /var/lib/postgresql and PGDATA (18/ of the 18 images' 18/docker) belong to
+  # postgres as well.
   local dir=$PGDATA
   while [ "$dir" != /var/lib/postgresql ] && [ "$dir" != / ]; do
     chown postgres:postgres "$dir"
