@@ -2,18 +2,22 @@
 
 Usage: .venv/bin/python bench/bench_program.py [--runs N]
 Figures: render_bundle (settings -> bundle), bundle_tarball (what the copy step sends), and a whole
-program run under mocks with Pulumi.prod.yaml (what every unit test that runs the program pays).
+program run under mocks with examples/Pulumi.example.yaml (what every unit test that runs the program
+pays), with the tests' settings: placeholders allowed, no public-address lookup.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GITEA_STACK_ALLOW_PLACEHOLDERS", "1")
+os.environ.setdefault("GITEA_STACK_CHECKIP_URL", "off")
 
 from gitea_stack.bundle import bundle_tarball  # noqa: E402
 from tests.harness.bundles import render, variant  # noqa: E402
