@@ -17,6 +17,7 @@ from gitea_stack import iam_documents
 from gitea_stack.rendering import render_user_data
 from gitea_stack.settings import Settings
 from gitea_stack.sizing import InstanceFacts
+from gitea_stack.snapshots import snapshot_tags
 from gitea_stack.versions import CANONICAL_AMI_OWNER, UBUNTU_AMI_NAME_PATTERN
 
 DATA_DEVICE_NAME = "/dev/sdf"
@@ -88,7 +89,8 @@ class GiteaHost(pulumi.ComponentResource):
             # A larger size is applied in place (the converge then grows the filesystem online).
             self.data_volume = aws.ebs.Volume(
                 f"{name}-data", availability_zone=args.availability_zone, size=settings.data_volume_gib, type="gp3",
-                encrypted=True, final_snapshot=False, tags={**tags, "Name": f"gitea-stack-{settings.stack}-data"},
+                encrypted=True, final_snapshot=False,
+                tags={**tags, **snapshot_tags(settings), "Name": f"gitea-stack-{settings.stack}-data"},
                 opts=pulumi.ResourceOptions(parent=self, retain_on_delete=settings.retain_data_on_destroy))
             self.data_volume_id = self.data_volume.id
 

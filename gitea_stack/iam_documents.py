@@ -152,3 +152,18 @@ def log_group_key_policy(account_id: str, partition: str, logs_principal: str, l
             "Condition": {"ArnEquals": {"kms:EncryptionContext:aws:logs:arn": log_group_arn}},
         },
     )
+
+
+def dlm_assume_role(account_id: str) -> Document:
+    """Data Lifecycle Manager may assume the snapshot role, for this account only (confused deputy)."""
+    return _document({
+        "Effect": "Allow",
+        "Principal": {"Service": "dlm.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
+    })
+
+
+def dlm_service_policy_arn(partition: str) -> str:
+    """AWS's policy for DLM's EBS snapshot policies: create, tag and delete snapshots, nothing else."""
+    return f"arn:{partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"

@@ -28,6 +28,7 @@ from gitea_stack.settings import (
     unknown_key_problems,
 )
 from gitea_stack.sizing import InstanceFacts, InstanceTypeError, instance_facts
+from gitea_stack.snapshots import VolumeSnapshots
 from gitea_stack.storage import BackupBucket
 
 
@@ -192,6 +193,8 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         adopted_volume_id=settings.adopt.data_volume_id,
     ))
     dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
+    snapshots = VolumeSnapshots("snapshots", settings, volume_id=host.data_volume_id, account_id=account.account_id,
+                                partition=account.partition, adopted=bool(settings.adopt.data_volume_id))
     secret_names = pulumi.Output.all(**{key: stored.name for key, stored in all_secrets.items()})
     # A new secret value is a new version: the converge runs again and applies it on the host.
     secret_versions = pulumi.Output.all(*(stored.version_id for stored in all_secrets.values()))
@@ -219,6 +222,7 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         "secretNames": secret_names,
         "instanceId": host.instance.id,
         "dataVolumeId": host.data_volume_id,
+        "snapshotPolicyId": snapshots.policy.id,
         "provisioningPrivateKey": pulumi.Output.secret(host.private_key),
     }
     if access_log_bucket is not None:  # an adopted bucket keeps the logging its own stack gave it

@@ -98,6 +98,7 @@ class Settings:
     extra_egress_ports: tuple[int, ...] = ()
     audit_log_retention_days: int = 365
     adopt: Adoption = Adoption()
+    snapshot_retention_days: int = 7
 
     @property
     def tags(self) -> dict[str, str]:
@@ -438,6 +439,8 @@ KEYS: tuple[Key, ...] = (
     Key("extraEgressPorts", "extra_egress_ports", parse_extra_egress_ports, ()),
     Key("auditLogRetentionDays", "audit_log_retention_days", parse_cloudwatch_retention, 365),
     Key("adopt", "adopt", parse_adoption, Adoption()),
+    Key("snapshotRetentionDays", "snapshot_retention_days",
+        int_parser(1, 365, "a number of days from 1 to 365 (one snapshot a day is kept that long)"), 7),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 

@@ -126,7 +126,9 @@ def test_role_has_no_managed_policy_and_trusts_ec2_only(example_run):
     assert trust["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
                                    "Action": "sts:AssumeRole"}]
     assert "managedPolicyArns" not in role.inputs
-    assert not example_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    # The only managed-policy attachment in the stack is the snapshot role's (DLM's service policy).
+    attachments = example_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert [attachment.inputs["role"] for attachment in attachments] == ["snapshots-role-mock"]
     profile = example_run.one("aws:iam/instanceProfile:InstanceProfile")
     assert profile.property_dependencies["role"] == [role.urn]
 

@@ -15,6 +15,7 @@ COMPONENTS = {
     "gitea-stack:compute:GiteaHost": "host",
     "gitea-stack:dns:ForgeDns": "dns",
     "gitea-stack:provision:Provisioning": "provision",
+    "gitea-stack:snapshots:VolumeSnapshots": "snapshots",
 }
 # Components inside components: type -> (name, parent component's type).
 NESTED_COMPONENTS = {
@@ -57,7 +58,9 @@ EXPECTED_ESTATE = {
     "aws:iam/accessKey:AccessKey": 1,
     "tls:index/privateKey:PrivateKey": 1,
     "aws:ec2/keyPair:KeyPair": 1,
-    "aws:iam/role:Role": 2,  # the host's, and flow-log delivery
+    "aws:iam/role:Role": 3,  # the host's, flow-log delivery, and snapshots (DLM)
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 1,  # DLM's service policy on its role
+    "aws:dlm/lifecyclePolicy:LifecyclePolicy": 1,
     "aws:iam/rolePolicy:RolePolicy": 4,
     "aws:iam/instanceProfile:InstanceProfile": 1,
     "aws:ebs/volume:Volume": 1,
