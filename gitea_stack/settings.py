@@ -99,6 +99,7 @@ class Settings:
     audit_log_retention_days: int = 365
     adopt: Adoption = Adoption()
     snapshot_retention_days: int = 7
+    backup_schedule: str = "hourly"
 
     @property
     def tags(self) -> dict[str, str]:
@@ -367,6 +368,28 @@ def parse_adoption(value: Any) -> Adoption:
     return adoption
 
 
+_CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly")
+_CALENDAR_EXPRESSION = re.compile(
+    r"^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)(?:(?:\.\.|,)(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun))*\s+)?"  # weekdays
+    r"(?:[0-9*][0-9*./,~-]*\s+)?"  # date: year-month-day
+    r"[0-9*][0-9*/,]*:[0-9*][0-9*/,]*(?::[0-9*][0-9*/,.]*)?"  # time: hour:minute[:second]
+    r"(?:\s+(?:UTC|[A-Za-z_]+/[A-Za-z_+-]+))?$")
+
+
+def parse_calendar(value: Any) -> str:
+    """A systemd OnCalendar expression (systemd.time(7)); the host's systemd has the last word."""
+    expected = ("a systemd OnCalendar expression, such as hourly, daily, *:0/30 (every 30 minutes) or "
+                "*-*-* 02:00:00")
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    text = " ".join(value.split())
+    if text.lower() in _CALENDAR_SHORTHANDS:
+        return text.lower()
+    if not _CALENDAR_EXPRESSION.match(text):
+        raise ValueError(expected)
+    return text
+
+
 def parse_images(value: Any) -> Mapping[str, str]:
     if isinstance(value, str):
         try:
@@ -439,6 +462,7 @@ KEYS: tuple[Key, ...] = (
     Key("extraEgressPorts", "extra_egress_ports", parse_extra_egress_ports, ()),
     Key("auditLogRetentionDays", "audit_log_retention_days", parse_cloudwatch_retention, 365),
     Key("adopt", "adopt", parse_adoption, Adoption()),
+    Key("backupSchedule", "backup_schedule", parse_calendar, "hourly"),
     Key("snapshotRetentionDays", "snapshot_retention_days",
         int_parser(1, 365, "a number of days from 1 to 365 (one snapshot a day is kept that long)"), 7),
 )

@@ -346,6 +346,7 @@ install_systemd_units() {
   if [ "$changed" = true ]; then
     systemctl daemon-reload
     systemctl enable --now gitea-stack-certbot-renew.timer
+    systemctl enable --now gitea-stack-backup.timer
   fi
 }
 

@@ -15,6 +15,7 @@ from gitea_stack.bundle import PRODUCTION, HostLayout, write_bundle
 from gitea_stack.rendering import render_user_data
 from tests.harness.bundles import VARIANTS, render, variant
 from tests.harness.testbed import compose_plugin
+from tests.unit.test_day_one import CALENDARS_ACCEPTED
 from tests.harness.tools import require_tool
 
 
@@ -122,3 +123,10 @@ def test_cloud_init_accepts_the_user_data(name, tmp_path):
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
     user_data.write_text(user_data.read_text().replace("permissions:", "permisions:"))
     assert subprocess.run([cloud_init, "schema", "--config-file", str(user_data)], capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("value", CALENDARS_ACCEPTED)
+def test_every_backup_schedule_the_settings_accept_systemd_accepts_too(value):
+    analyze = require_tool("systemd-analyze", "systemd")
+    result = subprocess.run([analyze, "calendar", value], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

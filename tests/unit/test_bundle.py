@@ -14,6 +14,7 @@ from tests.harness.bundles import VARIANTS, render, variant
 EXPECTED_FILES = {
     "docker-compose.yml", "settings.env", "nginx/http.conf", "nginx/https.conf", "certbot/cli.ini",
     "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
+    "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
     "scripts/fetch-secrets.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
@@ -282,3 +283,13 @@ def test_the_database_lands_on_the_data_volume_for_each_postgres_layout(image, h
     volumes = compose(parse_settings({**BASE, "images": {"postgres": image}}, "prod"))["services"]["postgres"]["volumes"]
     assert f"{host_path}:{container_path}" in volumes
     assert [volume for volume in volumes if volume.startswith("/srv/")] == [f"{host_path}:{container_path}"]
+
+
+def test_the_backup_timer_runs_the_backup_script_on_the_configured_schedule():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    default = render(variant("example"))
+    assert "\nOnCalendar=hourly\n" in default["systemd/gitea-stack-backup.timer"][0]
+    assert "\nExecStart=/opt/gitea-stack/scripts/backup.sh\n" in default["systemd/gitea-stack-backup.service"][0]
+    nightly = render(parse_settings({**BASE, "backupSchedule": "*-*-* 02:30:00"}, "prod"))
+    assert "\nOnCalendar=*-*-* 02:30:00\n" in nightly["systemd/gitea-stack-backup.timer"][0]

@@ -222,3 +222,20 @@ def test_preflight_refuses_the_placeholders_too(monkeypatch, capsys):
     monkeypatch.delenv(ALLOW_PLACEHOLDERS_VARIABLE)
     assert main(["preflight", "--stack", "example", "--project-dir", "examples"]) == 2
     assert "gitea-stack:domain: expected your own, got the placeholder 'git.example.com'" in capsys.readouterr().err
+
+
+# --- backupSchedule ------------------------------------------------------------------------------------------
+
+CALENDARS_ACCEPTED = ["hourly", "daily", "*:0/30", "*-*-* 02:00:00", "Mon..Fri 22:30", "Sat *-*-1..7 18:00:00",
+                      "*-*-* 03:00:00 UTC"]
+
+
+@pytest.mark.parametrize("value", CALENDARS_ACCEPTED)
+def test_backup_schedules_systemd_reads_are_accepted(value):
+    assert parse_settings({**REAL, "backupSchedule": value}, "prod").backup_schedule == value
+
+
+@pytest.mark.parametrize("value", ["every hour", "25", "daily; reboot", "*:00\nExecStart=/bin/sh", 3])
+def test_a_backup_schedule_that_is_no_calendar_expression_is_refused(value):
+    [problem] = problems_of({**REAL, "backupSchedule": value})
+    assert problem.startswith("gitea-stack:backupSchedule: expected a systemd OnCalendar expression")
