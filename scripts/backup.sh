@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Backs the forge up with restic into the stack's bucket (s3:<endpoint>/<BACKUP_BUCKET>/restic).
-# One run is a set of two snapshots tagged gitea-stack and run:<UTC time id>, host <STACK>:
+# One run is a set of two snapshots tagged gitea-stack and run:<UTC time, ns>, host <STACK>:
 #   database  pg_dump --format=custom of the gitea database, streamed from the postgres container
-#             into restic (no temporary file) as postgres/gitea.dump; a dump that fails is never
+#             into restic (no temporary file) as postgres/gitea.dump; uncompressed (restic
+#             compresses), so restic's chunks find what did not change; a dump that fails is never
 #             kept: the run's snapshots are forgotten and the run fails;
 #   files     DATA_DIR/gitea (repositories, LFS, attachments, avatars, packages, Actions logs and
 #             artifacts, SSH host keys, jwt/private.pem, custom/, app.ini), DATA_DIR/state and the
@@ -25,7 +26,7 @@
 # Exit codes: 0 backed up; 1 a step failed (dump, restic, bucket, retention, status upload): it is
 #   logged and recorded in the status; 2 bad usage; 3 another backup is running: nothing was done.
 set -euo pipefail
-usage() { sed -n '2,29s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,30s/^# \{0,1\}//p' "$0"; }
 json=false
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
@@ -44,7 +45,7 @@ STATUS_FILE=${BACKUP_STATUS_FILE:-$DATA_DIR/state/backup-status.json}
 STATUS_KEY=status/backup.json
 REPOSITORY_PREFIX=restic
 SNAPSHOT_HOST=${STACK:-$(hostname)}
-RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
+RUN_ID=$(date -u +%Y%m%dT%H%M%S.%NZ)  # unique: a failed run forgets the snapshots tagged with it
 TAGS="gitea-stack,run:$RUN_ID"
 
 [ -n "${BACKUP_BUCKET:-}" ] || die "stack-facts.env names no BACKUP_BUCKET"
@@ -158,7 +159,7 @@ backup_database() {
   local statuses
   log "streaming pg_dump of the gitea database into restic (run:$RUN_ID)"
   set +e
-  compose exec -T postgres pg_dump --format=custom --username=postgres gitea \
+  compose exec -T postgres pg_dump --format=custom --compress=0 --username=postgres gitea \
     | run_restic backup --json --stdin --stdin-filename postgres/gitea.dump --tag "$TAGS,database" \
       --host "$SNAPSHOT_HOST" \
     | python3 "$SUPPORT" follow-restic "$work/database.json"
