@@ -153,6 +153,8 @@ open_repository() {
   esac
   run_restic cat config >/dev/null \
     || fail "restic cannot open $RESTIC_REPOSITORY (see restic's message above); nothing was backed up"
+  # A run killed half-way leaves its restic lock in the bucket; no other run holds one now.
+  run_restic unlock >&2 || fail "restic could not remove stale locks from $RESTIC_REPOSITORY"
 }
 
 backup_database() {
