@@ -67,7 +67,8 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
 }
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
-SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py")
+SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
+           "backup.sh", "backup-support.py")
 
 
 def diun_labels(service: str) -> str:
@@ -104,6 +105,7 @@ def template_context(settings: Settings, memory_mib: int, layout: HostLayout) ->
         "postgres_major": postgres_major(settings.images["postgres"]),
         "data_volume_gib": settings.data_volume_gib,
         "backup_schedule": settings.backup_schedule,
+        "backup_retention_days": settings.backup_retention_days,
         "memory": memory_limits_mib(memory_mib),
         "diun_labels": diun_labels,
         "file_watched": [{"image": settings.images[service], "include_tags": DIUN_INCLUDE_TAGS[service],

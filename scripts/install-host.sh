@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the forge needs on an Ubuntu 24.04 host, at pinned versions: Docker Engine and the
-# compose plugin from Docker's apt repository, and python3-boto3 for fetch-secrets.py.
+# compose plugin from Docker's apt repository; python3-boto3 (fetch-secrets.py) and restic
+# (backup.sh) from Ubuntu's, at the release's version.
 # Packages already installed at the pinned version are left alone, so a re-run changes nothing.
 # A fresh host runs apt-daily and unattended-upgrades at first boot: every apt-get waits for the
 # dpkg lock, and the steps that cannot wait (apt-get update, apt-mark hold) are retried.
@@ -10,7 +11,7 @@
 #   APT_RETRY_ATTEMPTS (default 5) and APT_RETRY_PAUSE_SECONDS (default 15) for the retried steps.
 # Exit codes: 0 installed; 1 an install step failed; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 case "${1:-}" in -h | --help) usage; exit 0 ;; "") usage >&2; exit 2 ;; esac
 
 log() { echo "install-host: $*"; }
@@ -38,7 +39,12 @@ for pin in "$@"; do
   installed=$(dpkg-query -W -f='${Version}' "$package" 2>/dev/null || true)
   [ "$installed" = "$version" ] || missing+=("$pin")
 done
-dpkg-query -W -f='${Status}' python3-boto3 2>/dev/null | grep -q "install ok installed" || missing+=(python3-boto3)
+# Ubuntu's own packages, at the version of the host's release (no pin beyond the distribution; the
+# host's unattended upgrades keep them patched): python3-boto3 for fetch-secrets.py and
+# backup-support.py, restic for backup.sh (Ubuntu 24.04: 0.16).
+for package in python3-boto3 restic; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
 
 if [ ${#missing[@]} -eq 0 ]; then
   log "everything is installed at its pinned version"

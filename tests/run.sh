@@ -19,10 +19,12 @@ project_dir=$(cd "$(dirname "$0")/.." && pwd)
 cd "$project_dir"
 
 # Debian packages of the host tier, one per tool the tests call (user-mode-linux and kmod: a kernel
-# of the tests' own for online resize2fs, which needs a capability this sandbox's root lacks).
+# of the tests' own for online resize2fs, which needs a capability this sandbox's root lacks;
+# restic and postgresql: backup.sh's real restic against a real PostgreSQL cluster; git: a real
+# repository to back up and fsck after the restore).
 debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
   docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init
-  user-mode-linux kmod)
+  user-mode-linux kmod restic postgresql git)
 
 missing_packages() {
   local package

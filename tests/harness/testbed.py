@@ -223,7 +223,8 @@ exit 0
 """
 
 DPKG_QUERY_SHIM = """#!/bin/bash
-# gitea-stack testbed: the pinned packages are "installed" (the testbed provides Docker and boto3);
+# gitea-stack testbed: the pinned packages are "installed" (the testbed provides Docker and boto3,
+# and restic counts as installed);
 # every other query goes to the real dpkg-query.
 declare -A PINNED=({pinned})
 args=("$@") format='' show=false packages=()
@@ -880,7 +881,8 @@ class Testbed:
         shims = self._shims
         shims.mkdir(mode=0o755)
         (shims / "systemctl.log").touch()
-        pinned = {**DOCKER_PACKAGES, "python3-boto3": f"{_boto3_version()}-testbed"}
+        # restic: backup.sh is not run in the testbed yet; install-host.sh must not reach for apt.
+        pinned = {**DOCKER_PACKAGES, "python3-boto3": f"{_boto3_version()}-testbed", "restic": "0.16.4-testbed"}
         scripts = {
             "systemctl": SYSTEMCTL_SHIM.replace("{log}", shlex.quote(str(shims / "systemctl.log"))),
             "cloud-init": CLOUD_INIT_SHIM,

@@ -10,12 +10,12 @@ does over SSH) and every apt-get, apt-mark and dpkg it starts works on the scrat
   package's file list is empty, so even a removal would delete and run nothing. Relations to the
   fake packages are dropped from the copied status (this machine may carry Debian's docker.io,
   which conflicts with docker-ce; an Ubuntu host does not), as are any installed fake package names.
-* /etc/apt holds only sources: the local repository's `ubuntu/` suite (python3-boto3, like the
+* /etc/apt holds only sources: the local repository's `ubuntu/` suite (python3-boto3 and restic, like the
   Ubuntu archive) and a non-empty sources.list.d/docker.list for its `docker/` suite, so the script
   takes its "repository already configured" branch and nothing goes to the network.
 * The repository is built once per module with `dpkg-deb --build` and `dpkg-scanpackages` from
   packages holding only a DEBIAN/control: the pinned Docker packages, a later docker-compose-plugin
-  (pins must win over candidates), python3-boto3, and docker-ce-rootless-extras, which docker-ce
+  (pins must win over candidates), python3-boto3, restic, and docker-ce-rootless-extras, which docker-ce
   Recommends, as Docker's real package does. Installing them writes no files.
 * `systemctl` is a shim first on PATH that records its arguments (no systemd here).
 
@@ -52,8 +52,10 @@ PINS = install_command().split(" -- ", 1)[1].split()  # exactly what `pulumi up`
 PINNED = dict(pin.split("=", 1) for pin in PINS)
 RECOMMENDED = "docker-ce-rootless-extras"
 BOTO3_VERSION = "1.34.46+dfsg-1"
+RESTIC_VERSION = "0.16.4-1"
+UBUNTU_PACKAGES = " python3-boto3 restic"  # installed unpinned, after the pins
 NEWER_COMPOSE = DOCKER_PACKAGES["docker-compose-plugin"] + "+1"  # a later release than the pin
-FAKE_PACKAGES = [*PINNED, RECOMMENDED, "python3-boto3"]
+FAKE_PACKAGES = [*PINNED, RECOMMENDED, "python3-boto3", "restic"]
 FRONTEND_LOCK = "/var/lib/dpkg/lock-frontend"
 LISTS_LOCK = "/var/lib/apt/lists/lock"  # what apt-get update takes (and apt-daily holds on a fresh host)
 APT_WAITING = "Waiting for cache lock"  # what apt-get prints while DPkg::Lock::Timeout runs
@@ -181,6 +183,7 @@ def repository(tools, tmp_path_factory) -> Path:
     fake_package(build, docker, "docker-compose-plugin", NEWER_COMPOSE)
     fake_package(build, docker, RECOMMENDED, ce)
     fake_package(build, ubuntu, "python3-boto3", BOTO3_VERSION)
+    fake_package(build, ubuntu, "restic", RESTIC_VERSION)
     for suite in (docker, ubuntu):
         # A flat repository's Filename fields are relative to the repository's URI, not the suite's.
         index = subprocess.run([tools["dpkg-scanpackages"], "--multiversion", suite.name, "/dev/null"], cwd=root,
@@ -370,15 +373,15 @@ def test_the_install_waits_for_the_dpkg_lock_then_installs_the_pins_held_without
 
     installed = run.installed()
     assert {name: installed.get(name) for name in PINNED} == PINNED  # the pins, not the newer compose
-    assert "python3-boto3" in installed
+    assert "python3-boto3" in installed and installed.get("restic") == RESTIC_VERSION
     assert RECOMMENDED not in installed
     assert all(run.packages()[name][1] == "hold ok installed" for name in PINNED)
     assert sorted(run.holds()) == sorted(PINNED)
     assert run.calls("systemctl.log") == ["enable --now docker"]
     assert "0 to remove" in run.stdout
     assert "install-host: Docker's apt repository is already configured" in run.stdout
-    assert f"install-host: installing {' '.join(PINS)} python3-boto3" in run.stdout
-    assert run.stdout.rstrip().endswith(f"install-host: installed {' '.join(PINS)} python3-boto3")
+    assert f"install-host: installing {' '.join(PINS)}{UBUNTU_PACKAGES}" in run.stdout
+    assert run.stdout.rstrip().endswith(f"install-host: installed {' '.join(PINS)}{UBUNTU_PACKAGES}")
 
 
 def test_without_waiting_the_held_lock_fails_the_install(sandbox):
@@ -387,7 +390,7 @@ def test_without_waiting_the_held_lock_fails_the_install(sandbox):
     assert run.returncode == 1, run.output
     pid = run.event("locked.json")["pid"]
     assert f"E: Could not get lock {FRONTEND_LOCK}. It is held by process {pid}" in run.stderr
-    assert f"install-host: apt-get install {' '.join(PINS)} python3-boto3 failed" in run.stderr
+    assert f"install-host: apt-get install {' '.join(PINS)}{UBUNTU_PACKAGES} failed" in run.stderr
     assert not set(run.installed()) & set(FAKE_PACKAGES)
     assert run.holds() == []
     assert run.calls("systemctl.log") == []

@@ -40,9 +40,10 @@ def test_help_documents_usage_and_exit_codes(script):
     assert "Usage:" in result.stdout and "Exit codes:" in result.stdout
 
 
-def test_python_host_script_documents_usage_and_exit_codes():
-    result = subprocess.run([sys.executable, str(SCRIPTS_DIR / "fetch-secrets.py"), "--help"],
+@pytest.mark.parametrize("script", ["fetch-secrets.py", "backup-support.py"])
+def test_python_host_script_documents_usage_and_exit_codes(script):
+    result = subprocess.run([sys.executable, str(SCRIPTS_DIR / script), "--help"],
                             capture_output=True, text=True, timeout=10)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout and "Exit codes:" in result.stdout
-    assert subprocess.run([sys.executable, str(SCRIPTS_DIR / "fetch-secrets.py")], capture_output=True).returncode == 2
+    assert subprocess.run([sys.executable, str(SCRIPTS_DIR / script)], capture_output=True).returncode == 2

@@ -16,7 +16,7 @@ EXPECTED_FILES = {
     "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
     "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
-    "scripts/fetch-secrets.py",
+    "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
@@ -220,6 +220,13 @@ def test_the_host_knows_the_data_volume_size_it_must_grow_to():
     assert settings_env(grown)["DATA_VOLUME_GIB"] == "80"
     # A new size is a new bundle: the copy and the converge run again, and the converge grows the filesystem.
     assert bundle_digest(render(grown)) != bundle_digest(render(variant("example")))
+
+
+def test_the_host_knows_the_backup_retention():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    assert settings_env(parse_settings({**BASE, "backupRetentionDays": 9}, "prod"))["BACKUP_RETENTION_DAYS"] == "9"
+    assert settings_env(variant("example"))["BACKUP_RETENTION_DAYS"].isdigit()
 
 
 @pytest.mark.parametrize("image, major", [
