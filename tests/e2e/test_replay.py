@@ -487,3 +487,30 @@ def test_diun_watches_through_the_socket_proxy_and_certbot_through_its_file(test
                          ("GET", "/info")):
         assert proxy_status(testbed, method, path) == "403", (method, path)
     assert containers(testbed) == running  # nothing was created, stopped or started through the proxy
+
+
+def test_the_backup_timer_s_service_backs_the_running_forge_up_into_the_bucket(testbed, stack_run, converged):
+    # The bucket the program made (moto has only what the test creates), then the service's own command,
+    # as systemd runs it: the real postgres container dumps, restic writes to S3.
+    facts = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/stack-facts.env").read_text()
+                 .splitlines() if "=" in line and not line.startswith("#"))
+    testbed.boto3_client("s3").create_bucket(
+        Bucket=facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": facts["AWS_REGION"]})
+    unit = testbed.path("/etc/systemd/system/gitea-stack-backup.service").read_text()
+    [exec_start] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert ["enable", "--now", "gitea-stack-backup.timer"] in testbed.systemctl_calls()
+    result = testbed.run(exec_start, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads(testbed.boto3_client("s3").get_object(
+        Bucket=facts["BACKUP_BUCKET"], Key="status/backup.json")["Body"].read())
+    assert status["state"] == "ok" and status["bytes_added"] > 0
+    assert json.loads(testbed.path("/srv/gitea-stack/state/backup-status.json").read_text()) == status
+    # The database snapshot holds a dump the forge's own PostgreSQL reads, with Gitea's tables in it.
+    postgres = containers(testbed)["postgres"][0]
+    restic = (f"RESTIC_REPOSITORY={status['repository']} RESTIC_PASSWORD_FILE=/opt/gitea-stack/secrets/host/restic-password "
+              f"restic -o s3.region={facts['AWS_REGION']} --no-cache")
+    listing = testbed.run(f"{restic} dump {status['snapshots']['database']} /postgres/gitea.dump "
+                          f"| docker exec -i {postgres} pg_restore --list")
+    assert "TABLE public " in listing.stdout
+    files = testbed.run(f"{restic} ls {status['snapshots']['files']}").stdout
+    assert "/srv/gitea-stack/gitea/config/app.ini" in files and "/opt/gitea-stack/secrets/gitea/gitea-secret-key" in files
