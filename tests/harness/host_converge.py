@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import stat
 import sys
-import uuid
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
-from moto.server import ThreadedMotoServer
-
 from gitea_stack.bundle import HostLayout, render_bundle, write_bundle
 from gitea_stack.provision import stack_facts
 from gitea_stack.settings import parse_settings
 from tests.harness.bundles import BASE, facts
+from tests.harness.host_standins import MotoServer
 
 REGION = "eu-central-1"
 SECRET_VALUES = {"gitea-secret-key": "HostTierSecretKey0123456789abcdefABCDEF0123456789",
@@ -40,21 +38,13 @@ class SecretsManager:
 
 @contextmanager
 def secrets_manager() -> Iterator[SecretsManager]:
-    """moto on 127.0.0.1 (an ephemeral port) holding SECRET_VALUES. The names are new each time:
-    moto's in-process servers share one state, which outlives each server."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        aws = SecretsManager(f"http://{host}:{port}",
-                             {key: f"gitea-stack/host-{uuid.uuid4().hex[:8]}/{key}" for key in SECRET_VALUES})
-        client = boto3.client("secretsmanager", endpoint_url=aws.url, region_name=REGION,
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+    """moto's server on loopback (the host tier's MotoServer) holding SECRET_VALUES."""
+    with tempfile.TemporaryDirectory(prefix="gitea-stack-moto-") as workdir, MotoServer(Path(workdir), REGION) as moto:
+        aws = SecretsManager(moto.url, {key: f"gitea-stack/host/{key}" for key in SECRET_VALUES})
+        client = moto.client("secretsmanager")
         for key, name in aws.names.items():
             client.create_secret(Name=name, SecretString=SECRET_VALUES[key])
         yield aws
-    finally:
-        server.stop()
 
 
 def write_host_bundle(bundle_dir: Path, data_dir: Path, aws: SecretsManager, **setting_changes: object) -> None:
