@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from gitea_stack.changes import VolumeFacts
+from gitea_stack.secrets import KeptSecret
 from gitea_stack.settings import NAMESPACE, Settings
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -47,15 +48,13 @@ def kept_secret_names(from_stack: str) -> list[str]:
         filters=[{"name": "name", "values": [f"gitea-stack/{from_stack}/"]}]).names or [])
 
 
-def secret_arn_and_version(name: str) -> tuple[str, str]:
+def kept_secret(name: str) -> KeptSecret:
+    """A kept secret, read once: its version id (a new value re-runs the converge, as for the stack's
+    own secrets) and its value, a secret Output (only the adminPassword output uses one)."""
     arn = aws.secretsmanager.get_secret(name=name).arn
-    # The version id only: a new value there re-runs the converge, as for the stack's own secrets.
-    version = aws.secretsmanager.get_secret_version_output(secret_id=arn).version_id
-    return arn, version
-
-
-def secret_value(arn: str) -> pulumi.Output[str]:
-    return pulumi.Output.secret(aws.secretsmanager.get_secret_version_output(secret_id=arn).secret_string)
+    current = aws.secretsmanager.get_secret_version_output(secret_id=arn)
+    return KeptSecret(arn=arn, name=name, version_id=current.version_id,
+                      value=pulumi.Output.secret(current.secret_string))
 
 
 def bucket_region(bucket: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pulumi
@@ -94,9 +95,11 @@ def offered_zones(settings: Settings, region: str) -> list[str]:
     return zones
 
 
-def refuse(problems: list[str]) -> None:
-    if problems:
-        raise pulumi.RunError(str(SettingsError(problems)))
+def refuse(problems: Iterable[str | None]) -> None:
+    """Ends the program, before anything is registered, with every problem found (None: no problem)."""
+    found = [problem for problem in problems if problem]
+    if found:
+        raise pulumi.RunError(str(SettingsError(found)))
 
 
 def check_changes_to_running_stack(settings: Settings, instance: InstanceFacts) -> None:
@@ -108,7 +111,7 @@ def check_changes_to_running_stack(settings: Settings, instance: InstanceFacts) 
     if running:
         problems.append(changes.architecture_change_problem(
             running[0], running[1], settings.instance_type, instance.architecture))
-    refuse([problem for problem in problems if problem])
+    refuse(problems)
 
 
 def adopted_volume_zone(settings: Settings, zones: list[str]) -> str:
@@ -121,8 +124,7 @@ def adopted_volume_zone(settings: Settings, zones: list[str]) -> str:
 def check_adopted_bucket(settings: Settings, region: str) -> None:
     bucket = settings.adopt.backup_bucket
     if bucket:
-        refuse([problem for problem in [changes.adopted_bucket_problem(existing.bucket_region(bucket), bucket, region)]
-                if problem])
+        refuse([changes.adopted_bucket_problem(existing.bucket_region(bucket), bucket, region)])
 
 
 def kept_secrets(settings: Settings) -> dict[str, KeptSecret]:
@@ -133,8 +135,7 @@ def kept_secrets(settings: Settings) -> dict[str, KeptSecret]:
     refuse(problems)
     kept = {}
     for key, name in names.items():
-        arn, version = existing.secret_arn_and_version(name)
-        kept[key] = KeptSecret(arn=arn, name=name, version_id=version, value=existing.secret_value(arn))
+        kept[key] = existing.kept_secret(name)
     return kept
 
 

@@ -165,13 +165,19 @@ def parse_email(value: Any) -> str:
     return f"{local}@{domain}"
 
 
+def _from_json(value: Any) -> Any:
+    """A list or map as the engine hands it to a program (a JSON string), or as it is; None for bad JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return None
+
+
 def _parse_list(value: Any, what: str) -> list[Any]:
     expected = f"a non-empty list of {what}"
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(expected) from None
+    value = _from_json(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(expected)
     return list(value)
@@ -302,11 +308,7 @@ def parse_endpoint_url(value: Any) -> str:
 def parse_extra_egress_ports(value: Any) -> tuple[int, ...]:
     expected = (f"a list of up to {MAX_EXTRA_EGRESS_PORTS} TCP ports, such as [22, 9418] for pull mirrors "
                 "over SSH and git://")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(expected) from None
+    value = _from_json(value)
     if not isinstance(value, (list, tuple)) or len(value) > MAX_EXTRA_EGRESS_PORTS:
         raise ValueError(expected)
     ports = []
@@ -340,11 +342,7 @@ ADOPT_KEYS = {"dataVolumeId": "data_volume_id", "backupBucket": "backup_bucket",
 def parse_adoption(value: Any) -> Adoption:
     expected = ("a map with any of dataVolumeId (vol-...), backupBucket (a bucket name) and secretsFromStack "
                 "(the stack whose kept secrets to reuse)")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = None
+    value = _from_json(value)
     if not isinstance(value, Mapping) or not value:
         raise ValueError(expected)
     unknown = sorted(set(value) - set(ADOPT_KEYS))
@@ -391,11 +389,7 @@ def parse_calendar(value: Any) -> str:
 
 
 def parse_images(value: Any) -> Mapping[str, str]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = None
+    value = _from_json(value)
     if not isinstance(value, Mapping):
         raise ValueError("a map of service name to image reference, such as {nginx: docker.io/library/nginx:1.30.1-alpine}")
     images = dict(DEFAULT_IMAGES)
