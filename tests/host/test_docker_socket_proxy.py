@@ -25,6 +25,7 @@ import pytest
 
 from gitea_stack.rendering import render_template
 from tests.harness.nginx import free_port, wait_for_port
+from tests.harness.servers import ServedInThread
 from tests.harness.tools import require_tool
 
 TEMPLATE = "docker-socket-proxy/haproxy.cfg.j2"
@@ -89,7 +90,7 @@ class QuietUnixServer(socketserver.ThreadingUnixStreamServer):
             super().handle_error(request, client_address)
 
 
-class StubDockerd:
+class StubDockerd(ServedInThread):
     def __init__(self, socket_path: Path):
         self.socket_path = socket_path
         self.requests: list[tuple[str, str]] = []
@@ -98,14 +99,8 @@ class StubDockerd:
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        name="stub-dockerd", daemon=True)
 
-    def __enter__(self) -> StubDockerd:
-        self.thread.start()
-        return self
-
     def __exit__(self, *_):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__exit__()
         self.socket_path.unlink(missing_ok=True)
 
 

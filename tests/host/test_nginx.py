@@ -37,6 +37,7 @@ from gitea_stack.settings import parse_settings
 from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
 from tests.harness.bundles import BASE, render
 from tests.harness.tools import require_tool
+from tests.harness.servers import ServedInThread
 
 EXAMPLE_SETTINGS = BASE
 DOMAIN = EXAMPLE_SETTINGS["domain"]
@@ -169,7 +170,7 @@ class StubHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class StubUpstream:
+class StubUpstream(ServedInThread):
     """Gitea's stand-in on 127.0.0.1: answers with the request it saw, as JSON, and records it."""
 
     def __init__(self):
@@ -184,14 +185,6 @@ class StubUpstream:
         matching = [record for record in self.requests if record["path"] == path]
         return matching[-1] if matching else None
 
-    def __enter__(self) -> StubUpstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 # --- the site --------------------------------------------------------------------------------------
