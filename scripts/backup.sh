@@ -43,7 +43,6 @@ load_env_file "$GITEA_STACK_DIR/stack-facts.env"
 SUPPORT="$GITEA_STACK_DIR/scripts/backup-support.py"
 STATUS_FILE=${BACKUP_STATUS_FILE:-$DATA_DIR/state/backup-status.json}
 STATUS_KEY=status/backup.json
-REPOSITORY_PREFIX=restic
 SNAPSHOT_HOST=${STACK:-$(hostname)}
 RUN_ID=$(date -u +%Y%m%dT%H%M%S.%NZ)  # unique: a failed run forgets the snapshots tagged with it
 TAGS="gitea-stack,run:$RUN_ID"
@@ -51,19 +50,21 @@ TAGS="gitea-stack,run:$RUN_ID"
 [ -n "${BACKUP_BUCKET:-}" ] || die "stack-facts.env names no BACKUP_BUCKET"
 [[ ${BACKUP_RETENTION_DAYS:-} =~ ^[1-9][0-9]*$ ]] \
   || die "settings.env: BACKUP_RETENTION_DAYS must be a whole number of days, got '${BACKUP_RETENTION_DAYS:-}'"
-endpoint=${AWS_ENDPOINT_URL:-https://s3.${AWS_REGION:?stack-facts.env names no AWS_REGION}.amazonaws.com}
-export RESTIC_REPOSITORY="s3:${endpoint%/}/$BACKUP_BUCKET/$REPOSITORY_PREFIX"
-export RESTIC_PASSWORD_FILE="$GITEA_STACK_DIR/secrets/host/restic-password"
-export RESTIC_CACHE_DIR=${RESTIC_CACHE_DIR:-/var/cache/gitea-stack/restic}
-restic_options=()
-if [ -n "${AWS_REGION:-}" ]; then restic_options+=(--option "s3.region=$AWS_REGION"); fi
-run_restic() { restic "${restic_options[@]}" "$@"; }
+use_restic_repository "$BACKUP_BUCKET"
 
 # One backup at a time; a second one leaves at once, changing nothing.
 lock_file=${BACKUP_LOCK:-/run/lock/gitea-stack-backup.lock}
 exec {backup_lock_fd}>"$lock_file"
 if ! flock --nonblock "$backup_lock_fd"; then
   log "another backup is running (it holds $lock_file); this one did nothing"
+  send_alert "backup skipped: the previous run is still going" <<MAIL || true
+A scheduled backup of $DOMAIN found the previous run still going (it holds $lock_file) and did
+nothing. Runs that take longer than the schedule (gitea-stack:backupSchedule) leave gaps.
+
+What to do first: see what the running backup is doing:
+  systemctl status gitea-stack-backup.service; journalctl -u gitea-stack-backup.service -n 100
+If it is stuck, stop it (systemctl stop gitea-stack-backup.service) and run $0 by hand.
+MAIL
   exit 3
 fi
 # Never beside a deploy, renewal or update (it may be recreating the database's container).
@@ -97,10 +98,32 @@ finish() {
     record_status failed "${failure:-backup.sh stopped at an unexpected error (exit code $code); see its log}" \
       || log "error: could not record the failure in the bucket"
   fi
+  if [ "$code" -ne 0 ]; then mail_failure "$code"; fi
   if [ "$json" = true ] && [ -n "${status_json:-}" ]; then printf '%s\n' "$status_json"; fi
   rm -rf "$work"
 }
 trap finish EXIT
+
+# The failure mail: what broke, what was kept, what to do first.
+mail_failure() {
+  local last_success
+  last_success=$(python3 -c 'import json, sys
+try:
+    print(json.load(open(sys.argv[1])).get("last_success") or "never")
+except (OSError, ValueError):
+    print("unknown (no status file)")' "$STATUS_FILE")
+  send_alert "backup FAILED: ${failure:-backup.sh stopped with exit code $1}" <<MAIL || true
+The backup of $DOMAIN (run:$RUN_ID) failed:
+  ${failure:-backup.sh stopped with exit code $1}
+Nothing of this run was kept; earlier snapshots in $RESTIC_REPOSITORY are untouched.
+The last successful backup finished at $last_success.
+
+What to do first: read the run's log on the host:
+  journalctl -u gitea-stack-backup.service -n 200
+fix what it names (the bucket, the restic password secret, the database container, free space),
+then run $GITEA_STACK_DIR/scripts/backup.sh by hand and check that it ends with "done".
+MAIL
+}
 
 fail() {
   failure="$*"
@@ -142,7 +165,7 @@ except OSError:
 
 open_repository() {
   local status=0
-  python3 "$SUPPORT" has-repository "$BACKUP_BUCKET" "$REPOSITORY_PREFIX" || status=$?
+  python3 "$SUPPORT" has-repository "$BACKUP_BUCKET" restic || status=$?
   case $status in
     0) ;;
     4)

@@ -206,28 +206,6 @@ reload_nginx() {
   compose exec -T nginx nginx -s reload
 }
 
-service_state() {
-  local container
-  container=$(compose ps --quiet "$1")
-  [ -n "$container" ] || { echo missing; return; }
-  docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container"
-}
-
-# Waits until each named service is healthy (or running, if it has no healthcheck).
-wait_until_healthy() {
-  local deadline=$((SECONDS + ${HEALTH_TIMEOUT_SECONDS:-600})) service state waiting
-  while :; do
-    waiting=()
-    for service in "$@"; do
-      state=$(service_state "$service")
-      [ "$state" = healthy ] || [ "$state" = running ] || waiting+=("$service=$state")
-    done
-    [ ${#waiting[@]} -eq 0 ] && return 0
-    if [ "$SECONDS" -ge "$deadline" ]; then die "not healthy in time: ${waiting[*]}"; fi
-    sleep 3
-  done
-}
-
 # A value as a double-quoted string for a curl config file or JSON: backslashes and quotes escaped.
 quoted() {
   local value=${1//\\/\\\\}

@@ -14,16 +14,42 @@ die() {
 
 # Holds an exclusive lock for the rest of the script, so deploy, renewal, backup and update never
 # run at the same time. Waits up to LOCK_WAIT_SECONDS (default 600).
+# A script run by one that holds it (GITEA_STACK_LOCK_HELD, exported here) goes on without waiting.
 hold_lock() {
   local lock_file=${GITEA_STACK_LOCK:-/run/lock/gitea-stack.lock}
+  [ -z "${GITEA_STACK_LOCK_HELD:-}" ] || return 0
   exec {lock_fd}>"$lock_file"
   flock --wait "${LOCK_WAIT_SECONDS:-600}" "$lock_fd" || die "another gitea-stack job holds $lock_file"
+  export GITEA_STACK_LOCK_HELD=$$
 }
 
 # Docker's compose plugin (v2 or later), on this stack's project and compose file.
 compose() {
   docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" \
     --file "$GITEA_STACK_DIR/docker-compose.yml" "$@"
+}
+
+# healthy, running, another state of the service's container, or missing.
+service_state() {
+  local container
+  container=$(compose ps --quiet "$1")
+  [ -n "$container" ] || { echo missing; return; }
+  docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container"
+}
+
+# Waits until each named service is healthy (or running, if it has no healthcheck).
+wait_until_healthy() {
+  local deadline=$((SECONDS + ${HEALTH_TIMEOUT_SECONDS:-600})) service state waiting
+  while :; do
+    waiting=()
+    for service in "$@"; do
+      state=$(service_state "$service")
+      [ "$state" = healthy ] || [ "$state" = running ] || waiting+=("$service=$state")
+    done
+    [ ${#waiting[@]} -eq 0 ] && return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then die "not healthy in time: ${waiting[*]}"; fi
+    sleep 3
+  done
 }
 
 # Loads KEY=value lines (no shell evaluation) from a file into the environment.
@@ -34,4 +60,25 @@ load_env_file() {
     case $key in '' | \#*) continue ;; esac
     export "$key=$value"
   done <"$file"
+}
+
+# restic on a stack's repository, s3:<endpoint>/<bucket>/restic: use_restic_repository BUCKET
+# [REGION] [PASSWORD_FILE] exports restic's settings; run_restic then runs restic on it. The
+# endpoint is AWS_ENDPOINT_URL when set (tests), else S3 in REGION (default AWS_REGION).
+use_restic_repository() {
+  local bucket=$1 region=${2:-${AWS_REGION:-}} endpoint
+  endpoint=${AWS_ENDPOINT_URL:-https://s3.${region:?no AWS region for the bucket $bucket}.amazonaws.com}
+  export RESTIC_REPOSITORY="s3:${endpoint%/}/$bucket/restic"
+  export RESTIC_PASSWORD_FILE=${3:-$GITEA_STACK_DIR/secrets/host/restic-password}
+  export RESTIC_CACHE_DIR=${RESTIC_CACHE_DIR:-/var/cache/gitea-stack/restic}
+  restic_options=()
+  if [ -n "$region" ]; then restic_options+=(--option "s3.region=$region"); fi
+}
+run_restic() { restic "${restic_options[@]}" "$@"; }
+
+# Mails SUBJECT ($1) with the body on stdin to ALERT_EMAILS through SES (send-mail.py). A mail that
+# cannot be sent is logged, never fatal: the caller's own failure is what matters.
+send_alert() {
+  python3 "$GITEA_STACK_DIR/scripts/send-mail.py" --subject "$1" \
+    || log "error: could not mail '$1' to ${ALERT_EMAILS:-nobody}; see the message above"
 }
