@@ -72,7 +72,7 @@ if [ "$expected_gib" -gt 0 ] && [ "$device_bytes" -lt $((expected_gib * GIB)) ];
     if [ "$device_bytes" -ge $((expected_gib * GIB)) ]; then break; fi
     waited=$((SECONDS - started))
     if [ "$waited" -ge "$wait_seconds" ]; then
-      die "the $(volume_name) still has $(gib "$device_bytes") after ${waited}s, not the ${expected_gib} GiB of" \
+      die "the $(volume_name) still has $(gib "$device_bytes") after the ${wait_seconds}s allowed, not the ${expected_gib} GiB of" \
         "gitea-stack:dataVolumeGiB; nothing was changed. Check the volume's modification in EC2 (console, or" \
         "aws ec2 describe-volumes-modifications --volume-ids $(volume_id_or_output)): 'optimizing' or" \
         "'completed' means the instance should see the new size, 'failed' says why; then run pulumi up again"

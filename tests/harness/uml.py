@@ -65,22 +65,24 @@ def run_in_uml(scenario: str, work_dir: Path, timeout: float = 300, memory_mib: 
     init = work_dir / "uml-init"
     init.write_text(INIT.format(results=results, scenario=scenario))
     init.chmod(0o755)
-    argv = [kernel, f"mem={memory_mib}M", "rootfstype=hostfs", "rootflags=/", "rw", "quiet", f"init={init}",
-            "con=null", f"uml_dir={work_dir}", "umid=gitea-stack-test"]
-    # Its own process group: UML runs the guest's processes as host processes of its own, and a
-    # guest that hangs is ended with all of them.
-    guest = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True, cwd=work_dir)
-    try:
-        console, _ = guest.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(guest.pid, signal.SIGKILL)
-        console, _ = guest.communicate()
-        pytest.fail(f"the UML guest did not finish within {timeout}s:\n{_tail(results / 'init.log')}")
+    # No `quiet` and console 0 on stdout: when a guest dies before its init runs, the kernel's own
+    # messages are the only clue, and they go into the failure message.
+    argv = [kernel, f"mem={memory_mib}M", "rootfstype=hostfs", "rootflags=/", "rw", f"init={init}",
+            "con=null", "con0=fd:0,fd:1", f"uml_dir={work_dir}", "umid=gitea-stack-test"]
+    # UML backs the guest's memory with a file in TMPDIR (else /dev/shm, which may be small or
+    # full here): keep it in the test's own directory.
+    environment = {**os.environ, "TMPDIR": str(work_dir)}
+    for attempt in (1, 2):
+        returncode, console = _boot(argv, environment, work_dir, results, timeout)
+        if (results / "init.log").exists() or attempt == 2:
+            break
+        # The kernel never reached init (nothing of the scenario ran): one more boot, said aloud.
+        print(f"the UML guest stopped (exit {returncode}) before its init ran; booting it once more.\n"
+              f"console:\n{console[-3000:]}")
     status = results / "exit-status"
     if not status.exists() or status.read_text().strip() != "0":
-        pytest.fail(f"the UML guest failed (status {status.read_text().strip() if status.exists() else 'none'}):\n"
-                    f"{_tail(results / 'init.log')}\nconsole:\n{console.decode(errors='replace')[-3000:]}")
+        pytest.fail(f"the UML guest failed (status {status.read_text().strip() if status.exists() else 'none'}, "
+                    f"kernel process exit {returncode}):\n{_tail(results / 'init.log')}\nconsole:\n{console[-3000:]}")
     steps = {}
     for marker in results.glob("*.status"):
         name = marker.name.removesuffix(".status")
@@ -88,6 +90,22 @@ def run_in_uml(scenario: str, work_dir: Path, timeout: float = 300, memory_mib: 
         steps[name] = GuestStep(int(returncode), (results / f"{name}.stdout").read_text(),
                                 (results / f"{name}.stderr").read_text(), int(nanoseconds) / 1e9)
     return steps
+
+
+def _boot(argv: list[str], environment: dict[str, str], work_dir: Path, results: Path,
+          timeout: float) -> tuple[int, str]:
+    """Runs one guest to its end; returns the kernel process's exit status and its console output."""
+    # Its own process group: UML runs the guest's processes as host processes of its own, and a
+    # guest that hangs is ended with all of them.
+    guest = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True, cwd=work_dir, env=environment)
+    try:
+        console, _ = guest.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(guest.pid, signal.SIGKILL)
+        guest.communicate()
+        pytest.fail(f"the UML guest did not finish within {timeout}s:\n{_tail(results / 'init.log')}")
+    return guest.returncode, console.decode(errors="replace")
 
 
 def _tail(path: Path) -> str:

@@ -152,7 +152,7 @@ def test_without_an_expected_size_it_grows_to_whatever_the_device_is_at_once(sto
 def test_a_volume_that_stays_too_small_fails_clearly_and_changes_nothing(story):
     result = story["too-small"]
     assert result.returncode == 1
-    assert "the data volume (/dev/loop0) still has 4.00 GiB after 2s, not the 5 GiB of gitea-stack:dataVolumeGiB; " \
+    assert "the data volume (/dev/loop0) still has 4.00 GiB after the 2s allowed, not the 5 GiB of gitea-stack:dataVolumeGiB; " \
            "nothing was changed" in result.stderr
     assert "aws ec2 describe-volumes-modifications" in result.stderr
     assert story["too-small-calls"].stdout.strip() == "3"  # the late and the two at-once growths
