@@ -68,7 +68,7 @@ TEMPLATES: dict[str, tuple[str, int]] = {
 }
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
-           "backup.sh", "backup-support.py", "send-mail.py")
+           "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py")
 
 
 def diun_labels(service: str) -> str:

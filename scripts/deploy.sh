@@ -9,6 +9,8 @@
 # secrets, OAuth2 and push-mirror credentials) can only be read with the key it was written with. A
 # PostgreSQL image of another major version than the data's is refused too. A changed acmeServer
 # gets a certificate from the new ACME server. A grown data volume gets its filesystem grown first.
+# With restoreFrom (RESTORE_FROM_* in stack-facts.env), a data volume that holds no forge yet gets
+# the old stack's latest backup run (restore.sh) before Gitea first starts.
 #
 # Usage: deploy.sh [--help] [--check]
 #   --check  only the checks that refuse a converge, changing nothing (the PostgreSQL major, the
@@ -21,7 +23,7 @@
 # Exit codes: 0 converged and healthy (--check: the converge may go ahead); 1 a step failed or the
 #             converge was refused: it is logged, and what runs keeps running; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,22s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,24s/^# \{0,1\}//p' "$0"; }
 mode=converge
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
@@ -53,6 +55,8 @@ ADMIN_PASSWORD_FILE="$GITEA_STACK_DIR/secrets/host/gitea-admin-password"
 # applied; on the data volume, so they outlive the instance.
 SECRET_KEY_FINGERPRINT="$DATA_DIR/state/gitea-secret-key.sha256"
 ADMIN_PASSWORD_FINGERPRINT="$DATA_DIR/state/gitea-admin-password.sha256"
+DATA_BOUND_SECRETS="$DATA_DIR/state/gitea-secrets"
+RESTORE_PENDING="$DATA_DIR/state/restore-from.pending"
 NGINX_CHANGED=false
 
 check_free_space() {
@@ -134,11 +138,47 @@ fetch_secrets() {
     || die "could not fetch the stack's secrets; nothing was changed"
 }
 
+# A forge restored from another stack's backups keeps the secret key and internal token its data
+# was made with (restore.sh puts them in DATA_DIR/state/gitea-secrets): they win over the stack's.
+use_data_bound_secrets() {
+  local name
+  for name in gitea-secret-key gitea-internal-token; do
+    if [ -s "$DATA_BOUND_SECRETS/$name" ]; then cp "$DATA_BOUND_SECRETS/$name" "$STAGING_DIR/$name"; fi
+  done
+}
+
 # Everything that refuses a converge, before anything is changed; staging below $1.
 check_before_changing() {
   refuse_another_postgres_major
   fetch_secrets "$1"
+  use_data_bound_secrets
   refuse_a_changed_secret_key
+}
+
+# restoreFrom: a new forge (no secret key recorded yet) is marked for a restore from the old stack's
+# bucket. The mark stays until a restore succeeds, so a converge that failed tries again.
+mark_a_pending_restore() {
+  if [ -n "${RESTORE_FROM_BUCKET:-}" ] && [ ! -s "$SECRET_KEY_FINGERPRINT" ]; then
+    log "restoreFrom: this data volume holds no forge yet; the backups in $RESTORE_FROM_BUCKET will be restored"
+    touch "$RESTORE_PENDING"
+  fi
+}
+
+# The latest complete backup run of the old stack, restored before Gitea first starts.
+restore_from_old_stack() {
+  [ -e "$RESTORE_PENDING" ] || return 0
+  log "restoreFrom: restoring the latest backup run of s3://$RESTORE_FROM_BUCKET before Gitea first starts"
+  "$GITEA_STACK_DIR/scripts/restore.sh" --no-start --bucket "$RESTORE_FROM_BUCKET" \
+    --region "${RESTORE_FROM_REGION:-$AWS_REGION}" --password-file "$GITEA_STACK_DIR/secrets/host/restore-from-password" \
+    || die "gitea-stack:restoreFrom: could not restore from s3://$RESTORE_FROM_BUCKET (restore.sh says why above:" \
+      "a wrong password, an empty or unreadable bucket); Gitea was not started and the data volume holds" \
+      "no forge. Fix restoreFrom (bucket, passwordSecret, region), then run pulumi up again"
+  rm -f "$RESTORE_PENDING"
+  # The restored administrator keeps the old forge's password: the stack's is not applied to it.
+  fingerprint "$STAGING_DIR/gitea-admin-password" >"$ADMIN_PASSWORD_FINGERPRINT"
+  # Gitea starts with the restored forge's secret key and internal token (restore.sh installed them).
+  use_data_bound_secrets
+  write_service_env gitea
 }
 
 # Installs the secrets check_before_changing fetched and checked: a missing one changed nothing.
@@ -350,6 +390,7 @@ check_before_changing "$GITEA_STACK_DIR/secrets"
 "$GITEA_STACK_DIR/scripts/grow-data-filesystem.sh" "$DATA_DIR" "${DATA_VOLUME_GIB:-}"
 check_free_space
 prepare_directories
+mark_a_pending_restore
 install_secrets
 enable_nginx_configs
 install_systemd_units
@@ -358,6 +399,7 @@ pull_missing_images
 compose up --detach postgres >/dev/null
 wait_until_healthy postgres
 sync_database_role
+restore_from_old_stack
 gitea_before=$(compose ps --quiet gitea)
 # Compose recreates exactly the services whose definition (secret digests included) changed; the
 # rest keep running.

@@ -72,6 +72,20 @@ fi
 load_env_file "$GITEA_STACK_DIR/settings.env"
 load_env_file "$GITEA_STACK_DIR/stack-facts.env"
 SUPPORT="$GITEA_STACK_DIR/scripts/restore-support.py"
+failure=''  # what went wrong, for the failure mail
+die() {
+  failure="$*"
+  log "error: $*"
+  exit 1
+}
+# Ends with exit code $1 (4 or 5) after logging the rest: nothing was changed.
+refuse() {
+  local code=$1
+  shift
+  failure="$*"
+  log "$*"
+  exit "$code"
+}
 GITEA_DATA="$DATA_DIR/gitea/data"
 # The Gitea secrets the data depends on: what it encrypted (2FA, credentials) and the tokens it signed.
 DATA_BOUND_SECRETS=(gitea-secret-key gitea-internal-token)
@@ -96,8 +110,8 @@ resolve_run() {
   picked=$(python3 "$SUPPORT" pick "$wanted" <<<"$snapshots") || status=$?
   case $status in
     0) read -r run_id run_time database_snapshot files_snapshot <<<"$picked" ;;
-    4) log "nothing was changed; restore.sh --list shows the runs of $RESTIC_REPOSITORY"; exit 4 ;;
-    *) exit 1 ;;
+    4) refuse 4 "no run '$wanted' in $RESTIC_REPOSITORY; nothing was changed (restore.sh --list shows its runs)" ;;
+    *) die "run '$wanted' cannot be restored (see above); nothing was changed" ;;
   esac
 }
 
@@ -178,15 +192,13 @@ extract_path() {
       die "--to $extract_to is inside the live forge's data; pick a directory outside $DATA_DIR/gitea and $DATA_DIR/state" ;;
   esac
   if [ -e "$inside" ] && [ "$force" = false ]; then
-    log "$inside already exists; nothing was changed (--force restores over it)"
-    exit 5
+    refuse 5 "$inside already exists; nothing was changed (--force restores over it)"
   fi
   resolve_run
   found=$(run_restic ls "$files_snapshot" "$path" 2>/dev/null | grep -cxF "$path" || true)
-  [ "$found" -gt 0 ] || {
-    log "run $run_id has no $path (paths are below $GITEA_DATA, or absolute as backed up); nothing was changed"
-    exit 4
-  }
+  if [ "$found" -eq 0 ]; then
+    refuse 4 "run $run_id has no $path (paths are below $GITEA_DATA, or absolute as backed up); nothing was changed"
+  fi
   log "extracting $path of run $run_id ($run_time)"
   restore_files_into "$extract_to" --include "$path" || die "restic could not restore $path into $extract_to"
   log "done: $inside"
@@ -300,11 +312,12 @@ undo_swap() {
   rmdir "$KEPT_DIR" 2>/dev/null || true
 }
 
-# On any failure: the staging copies go, a half-made swap is undone, Gitea runs again if it ran.
-cleanup_restore() {
+# On any failure: the staging copies go, a half-made swap is undone, Gitea runs again if it ran,
+# and the alert addresses get a mail.
+finish() {
   local code=$?
   set +e
-  if [ "$code" -ne 0 ]; then
+  if [ "$code" -ne 0 ] && [ "$mode" = restore ]; then
     if [ ${#swapped[@]} -gt 0 ]; then
       log "putting the live forge back as it was"
       # Gitea may already run on the restored data: its connections would block the renames.
@@ -315,7 +328,23 @@ cleanup_restore() {
     if [ "$gitea_stopped" = true ]; then compose up --detach gitea >/dev/null 2>&1; fi
   fi
   if [ -n "${stage:-}" ]; then rm -rf "$stage"; fi
+  if [ "$code" -ne 0 ]; then mail_failure "$code"; fi
   exit "$code"
+}
+
+mail_failure() {
+  local what="restore of run ${run_id:-$wanted}" kept=''
+  if [ "$mode" = extract ]; then what="extract of $extract from run ${run_id:-$wanted}"; fi
+  if [ ${#swapped[@]} -gt 0 ]; then kept="The previous forge is in $KEPT_DIR and database $KEPT_DATABASE."; fi
+  send_alert "$what FAILED: ${failure:-restore.sh stopped with exit code $1}" <<MAIL
+The $what on $DOMAIN from $RESTIC_REPOSITORY failed (exit code $1):
+  ${failure:-restore.sh stopped at an unexpected error; see its output}
+${kept:-The live forge is as it was: nothing of it was changed.}
+
+What to do first: read the message above and restore.sh's output; restore.sh --list shows the runs
+it can restore. Fix what it names (the run, free space, the password, --force for a target that
+holds data), then run restore.sh again. The runbook: docs/runbooks/restore.md.
+MAIL
 }
 
 count_repositories() {
@@ -337,13 +366,11 @@ restore_forge() {
   hold_lock
   resolve_run
   if target_holds_data && [ "$force" = false ]; then
-    log "the target holds a forge (tables in the gitea database or repositories in $GITEA_DATA); nothing" \
-      "was changed. restore.sh --force restores over it and keeps what is there aside"
-    exit 5
+    refuse 5 "the target holds a forge (tables in the gitea database or repositories in $GITEA_DATA);" \
+      "nothing was changed. restore.sh --force restores over it and keeps what is there aside"
   fi
   check_room
   stage="$DATA_DIR/.restore-$run_id"
-  trap cleanup_restore EXIT
   rm -rf "$stage"
   log "restoring run $run_id ($run_time) from $RESTIC_REPOSITORY"
   restore_files_into "$stage" --include "$DATA_DIR/gitea" --include "$DATA_DIR/state" \
@@ -386,6 +413,7 @@ restore_forge() {
   fi
 }
 
+if [ "$mode" = restore ] || [ "$mode" = extract ]; then trap finish EXIT; fi
 case $mode in
   list) list_runs ;;
   verify)

@@ -170,6 +170,15 @@ class MotoServer:
         return boto3.client(service, endpoint_url=self.url, region_name=self.region,
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
+    def accept_mail_from(self, domain: str) -> None:
+        """Verifies `domain` in SES, as the stack's mail component does: SES then takes its mail."""
+        self.client("ses").verify_domain_identity(Domain=domain)
+
+    def sent_mails(self) -> list[dict]:
+        """The mails SES took, oldest first: {"subject", "body", "source", "destinations"}."""
+        with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=10) as response:
+            return json.load(response)["ses"]["Message"]
+
     def stop(self) -> None:
         stop_process(self.process)
 

@@ -43,6 +43,8 @@ from tests.host.test_nginx import wait_until
 REGION = "eu-central-1"
 BUCKET = "gitea-stack-test-backups"
 STACK = "test"
+DOMAIN = "git.example.com"
+ALERT_EMAIL = "ops@example.com"
 # ~40 MB of dump, of text that does not repeat (content-defined chunks of repeating text reach restic's
 # 8 MiB maximum): about 40 of restic's chunks, so a second run can show what it shares with the first.
 ROWS = 160_000
@@ -232,7 +234,7 @@ def make_data_volume(data_dir: Path, tools: dict[str, str], root: Path) -> None:
 def make_bundle(bundle_dir: Path, data_dir: Path, endpoint: str, canaries: dict[str, str],
                 retention_days: int = 30) -> None:
     (bundle_dir / "scripts").mkdir(parents=True, exist_ok=True)
-    for script in ("lib.sh", "backup.sh", "backup-support.py"):
+    for script in ("lib.sh", "backup.sh", "backup-support.py", "send-mail.py"):
         shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
     write_settings(bundle_dir, data_dir, endpoint, retention_days)
     (bundle_dir / "stack-facts.env").write_text(
@@ -246,8 +248,8 @@ def make_bundle(bundle_dir: Path, data_dir: Path, endpoint: str, canaries: dict[
 
 def write_settings(bundle_dir: Path, data_dir: Path, endpoint: str, retention_days: int = 30) -> None:
     (bundle_dir / "settings.env").write_text(
-        f"STACK={STACK}\nDOMAIN=git.example.com\nDATA_DIR={data_dir}\nBACKUP_RETENTION_DAYS={retention_days}\n"
-        f"AWS_ENDPOINT_URL={endpoint}\n")
+        f"STACK={STACK}\nDOMAIN={DOMAIN}\nDATA_DIR={data_dir}\nBACKUP_RETENTION_DAYS={retention_days}\n"
+        f"AWS_ENDPOINT_URL={endpoint}\nALERT_EMAILS={ALERT_EMAIL}\n")
 
 
 def tree_digests(top: Path) -> dict[str, tuple[str, int]]:
@@ -288,6 +290,7 @@ def forge():
         fill_database(psql)
         moto = MotoServer(root, REGION).start()
         moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        moto.accept_mail_from(DOMAIN)
         data_dir, bundle_dir, bin_dir = root / "srv/gitea-stack", root / "opt/gitea-stack", root / "bin"
         make_data_volume(data_dir, tools, root)
         canaries = {"host/restic-password": "restic-" + secrets.token_urlsafe(24),
@@ -404,8 +407,12 @@ def test_a_second_backup_adds_only_the_change(forge):
     forge.first.update(second)
 
 
+def mails_since(forge: Forge, count: int) -> list[dict]:
+    return forge.moto.sent_mails()[count:]
+
+
 def test_a_dump_that_dies_half_way_leaves_no_snapshot(forge):
-    before = forge.snapshots()
+    before, mails = forge.snapshots(), len(forge.moto.sent_mails())
     result = forge.backup("--json", BACKUP_TEST_DUMP_FAILS_AFTER="20000000")
     assert result.returncode == 1, result.stderr
     assert "pg_dump failed (exit code 1)" in result.stderr and "forgotten" in result.stderr
@@ -416,10 +423,16 @@ def test_a_dump_that_dies_half_way_leaves_no_snapshot(forge):
     assert status["snapshots"] == forge.first["snapshots"]
     assert json.loads(forge.status_file.read_text()) == forge.bucket_status() == status
     forge.restic("check")  # what was forgotten leaves the repository sound
+    assert len(mails_since(forge, mails)) == 1, result.stderr
+    [mail] = mails_since(forge, mails)
+    assert mail["subject"].startswith(f"[gitea-stack {STACK}] backup FAILED: pg_dump failed (exit code 1)")
+    assert mail["destinations"]["ToAddresses"] == [ALERT_EMAIL]
+    assert "earlier snapshots" in mail["body"] and "What to do first" in mail["body"]
 
 
 def test_a_wrong_password_changes_nothing(forge):
     before, status_before = forge.snapshots(), forge.status_file.read_bytes()
+    mails = len(forge.moto.sent_mails())
     calls_before = (forge.root / "docker-calls.log").read_text()
     password = forge.bundle_dir / "secrets/host/restic-password"
     right = password.read_text()
@@ -434,9 +447,12 @@ def test_a_wrong_password_changes_nothing(forge):
     status = json.loads(forge.status_file.read_text())
     assert status["state"] == "failed" and status["last_success"] == json.loads(status_before)["last_success"]
     assert (forge.root / "docker-calls.log").read_text() == calls_before  # no dump was started
+    [mail] = mails_since(forge, mails)
+    assert "backup FAILED: restic cannot open" in mail["subject"]
 
 
 def test_an_unreachable_bucket_fails_clearly(forge):
+    # Every AWS API of this test is moto's one endpoint, so SES is unreachable too: no mail to check here.
     closed = "http://127.0.0.1:9"  # discard: nothing listens there
     write_settings(forge.bundle_dir, forge.data_dir, closed)
     try:
@@ -450,6 +466,7 @@ def test_an_unreachable_bucket_fails_clearly(forge):
 
 def test_a_concurrent_run_exits_with_the_lock_code_and_changes_nothing(forge):
     before, status_before = forge.snapshots(), forge.status_file.read_bytes()
+    mails = len(forge.moto.sent_mails())
     calls_before = (forge.root / "docker-calls.log").read_text()
     with open(forge.root / "backup.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what flock(1) takes: a running backup
@@ -458,6 +475,9 @@ def test_a_concurrent_run_exits_with_the_lock_code_and_changes_nothing(forge):
     assert "another backup is running" in result.stderr and result.stdout == ""
     assert forge.snapshots() == before and forge.status_file.read_bytes() == status_before
     assert (forge.root / "docker-calls.log").read_text() == calls_before
+    [mail] = mails_since(forge, mails)
+    assert "backup skipped: the previous run is still going" in mail["subject"]
+    assert "systemctl status gitea-stack-backup.service" in mail["body"]
 
 
 def test_retention_forgets_old_snapshots_and_keeps_the_last_run(forge):

@@ -28,8 +28,8 @@ from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
 from tests.harness.tools import require_root, require_tool
-from tests.host.test_backup import (BUCKET, REBUILT, REGION, TABLES, fill_database, make_bundle, make_data_volume,
-                                    run, start_postgres, stop_postgres, tree_digests)
+from tests.host.test_backup import (ALERT_EMAIL, BUCKET, DOMAIN, REBUILT, REGION, STACK, TABLES, fill_database,
+                                    make_bundle, make_data_volume, run, start_postgres, stop_postgres, tree_digests)
 
 DOCKER_STANDIN = """#!{python}
 # docker for restore.sh: postgres tools on the test's cluster, and a gitea container in a state file.
@@ -175,6 +175,7 @@ def forge():
         run(*psql, "--dbname", "postgres", "-c", "ALTER DATABASE gitea OWNER TO gitea")
         moto = MotoServer(root, REGION).start()
         moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        moto.accept_mail_from(DOMAIN)
         make_data_volume(data_dir, tools, root)
         canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
                     "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
@@ -216,6 +217,16 @@ def backed_up(forge):
     return {"first": first, "first_rows": first_rows, "first_files": first_files, "second": second}
 
 
+def failure_mail(forge: Forge, count: int, subject: str) -> dict:
+    """The one mail sent since there were `count`: to the alert address, about `subject`."""
+    mails = forge.moto.sent_mails()[count:]
+    assert len(mails) == 1, mails
+    assert mails[0]["destinations"]["ToAddresses"] == [ALERT_EMAIL]
+    assert mails[0]["subject"].startswith(f"[gitea-stack {STACK}] restore of run ") and subject in mails[0]["subject"]
+    assert "What to do first" in mails[0]["body"]
+    return mails[0]
+
+
 def unchanged(forge: Forge):
     """What the live forge is now, to compare with after a restore that must change nothing."""
     return forge.table_checksums(), forge.files(), sorted(forge.databases()), forge.gitea_state()
@@ -248,23 +259,27 @@ def test_list_shows_the_runs_newest_first(forge, backed_up):
 
 def test_a_target_that_holds_data_is_refused_without_force(forge, backed_up):
     before, calls = unchanged(forge), len(forge.docker_calls())
+    mails = len(forge.moto.sent_mails())
     result = forge.restore()
     assert result.returncode == 5, result.stderr
     assert "the target holds a forge" in result.stderr and "nothing was changed" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
     assert not any("stop" in call or "pg_restore" in call for call in forge.docker_calls()[calls:])
+    mail = failure_mail(forge, mails, 'FAILED: the target holds a forge')
+    assert 'The live forge is as it was' in mail["body"]
 
 
 def test_a_run_that_does_not_exist_is_exit_4(forge, backed_up):
-    before = unchanged(forge)
+    before, mails = unchanged(forge), len(forge.moto.sent_mails())
     result = forge.restore("--snapshot", "20200101T000000.000000000Z", "--force")
     assert result.returncode == 4, result.stderr
     assert "no backup run or snapshot '20200101T000000.000000000Z'" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
+    failure_mail(forge, mails, "FAILED: no run '20200101T000000.000000000Z'")
 
 
 def test_a_wrong_password_changes_nothing(forge, backed_up):
-    before = unchanged(forge)
+    before, mails = unchanged(forge), len(forge.moto.sent_mails())
     password = forge.bundle_dir / "secrets/host/restic-password"
     right = password.read_text()
     password.write_text("not-the-password")
@@ -275,18 +290,20 @@ def test_a_wrong_password_changes_nothing(forge, backed_up):
     assert result.returncode == 1
     assert "wrong password" in result.stderr and "nothing was changed" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
+    failure_mail(forge, mails, 'FAILED: restic cannot read')
 
 
 def test_too_little_room_is_refused_before_anything_is_written(forge, backed_up):
-    before = unchanged(forge)
+    before, mails = unchanged(forge), len(forge.moto.sent_mails())
     result = forge.restore("--force", RESTORE_SPACE_MARGIN_MIB="100000")
     assert result.returncode == 1
     assert "needs about" in result.stderr and "nothing was changed" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
+    failure_mail(forge, mails, 'FAILED: the data volume has')
 
 
 def test_a_disk_that_fills_during_the_restore_leaves_the_live_forge_as_it_was(forge, backed_up):
-    before = unchanged(forge)
+    before, mails = unchanged(forge), len(forge.moto.sent_mails())
     filler = forge.data_dir / "filler"
     try:
         result = forge.restore("--force", RESTORE_TEST_FILL=str(filler))
@@ -295,16 +312,19 @@ def test_a_disk_that_fills_during_the_restore_leaves_the_live_forge_as_it_was(fo
     assert result.returncode == 1, result.stderr
     assert "could not restore the files" in result.stderr and "the live forge is as it was" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
+    mail = failure_mail(forge, mails, 'FAILED: restic could not restore the files')
+    assert 'The live forge is as it was' in mail["body"]
 
 
 def test_gitea_that_stays_unhealthy_on_the_restored_data_is_put_back(forge, backed_up):
-    before = unchanged(forge)
+    before, mails = unchanged(forge), len(forge.moto.sent_mails())
     result = forge.restore("--force", RESTORE_TEST_GITEA_UNHEALTHY="1", HEALTH_TIMEOUT_SECONDS="4")
     assert result.returncode == 1, result.stderr
     assert "not healthy in time: gitea=unhealthy" in result.stderr
     assert "putting the live forge back as it was" in result.stderr
     assert unchanged(forge) == before and forge.leftovers() == []
     assert not list(forge.data_dir.glob("before-restore-*"))
+    failure_mail(forge, mails, 'FAILED: not healthy in time')
 
 
 def test_a_named_run_restores_over_a_damaged_forge_and_keeps_what_was_there(forge, backed_up):

@@ -17,6 +17,7 @@ EXPECTED_FILES = {
     "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
     "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py", "scripts/send-mail.py",
+    "scripts/restore.sh", "scripts/restore-support.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
