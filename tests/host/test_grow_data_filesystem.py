@@ -211,7 +211,7 @@ def test_deploy_grows_the_volume_before_it_changes_anything_else(ext4_device, to
             check=False, capture_output=True, text=True, timeout=120,
             env=host_environment(tmp_path / "shims", tmp_dir, GROW_WAIT_SECONDS="2"))
     assert result.returncode == 1
-    assert f"the data volume ({ext4_device}) still has 1.00 GiB after 2s, not the 2 GiB of " \
+    assert f"the data volume ({ext4_device}) still has 1.00 GiB after the 2s allowed, not the 2 GiB of " \
            "gitea-stack:dataVolumeGiB; nothing was changed" in result.stderr
     assert 'describe-volumes-modifications --volume-ids "$(pulumi stack output dataVolumeId)"' in result.stderr
     assert not docker_calls.exists()
@@ -236,7 +236,7 @@ def test_on_ec2_the_message_names_the_volume_by_its_id(ext4_device, tools, tmp_p
         check=False, capture_output=True, text=True, timeout=60,
         env={"PATH": f"{shims}:{SYSTEM_PATH}", "GROW_WAIT_SECONDS": "0"})
     assert result.returncode == 1
-    assert f"the volume {VOLUME_ID} ({ext4_device}) still has 1.00 GiB after 0s" in result.stderr
+    assert f"the volume {VOLUME_ID} ({ext4_device}) still has 1.00 GiB after the 0s allowed" in result.stderr
     assert f"describe-volumes-modifications --volume-ids {VOLUME_ID})" in result.stderr
 
 
