@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,8 @@ import pytest
 from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
-from tests.harness.tools import require_root, require_tool, stop_process
-from tests.host.test_nginx import wait_until
+from tests.harness.tools import require_root, require_tool
+from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres
 
 REGION = "eu-central-1"
 BUCKET = "gitea-stack-test-backups"
@@ -132,47 +131,6 @@ class Forge:
     def bucket_status(self) -> dict:
         body = self.moto.client("s3").get_object(Bucket=BUCKET, Key="status/backup.json")["Body"].read()
         return json.loads(body)
-
-
-def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
-    if result.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed with exit code {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result
-
-
-def start_postgres(root: Path, tools: dict[str, str]) -> tuple[subprocess.Popen, Path, int]:
-    data, sockets = root / "pgdata", root / "pgsocket"
-    for directory in (data, sockets):
-        directory.mkdir(mode=0o700)
-        shutil.chown(directory, "postgres", "postgres")
-    run(tools["initdb"], "--pgdata", str(data), "--auth", "trust", "--username", "postgres", "--no-sync",
-        user="postgres", group="postgres", cwd=root)
-    port = 5432  # a unix socket only (listen_addresses is empty): the port only names the socket file
-    with (root / "postgres.log").open("wb") as log:
-        process = subprocess.Popen([tools["postgres"], "-D", str(data), "-k", str(sockets), "-p", str(port),
-                                    "-c", "listen_addresses=", "-c", "fsync=off"],
-                                   user="postgres", group="postgres", cwd=root,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready = [tools["pg_isready"], "--host", str(sockets), "--port", str(port), "--quiet"]
-        wait_until(lambda: process.poll() is not None or subprocess.run(ready, check=False).returncode == 0,
-                   timeout=30, what="PostgreSQL accepting connections")
-        if process.poll() is not None:
-            pytest.fail(f"PostgreSQL did not start: {(root / 'postgres.log').read_text()}")
-    except BaseException:
-        stop_process(process)
-        raise
-    return process, sockets, port
-
-
-def stop_postgres(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            stop_process(process)
 
 
 def fill_database(psql: list[str]) -> None:
@@ -270,16 +228,8 @@ def tree_digests(top: Path) -> dict[str, tuple[str, int]]:
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user and the scripts run as root, as on the host")
-    require_tool("pg_ctl", "postgresql")
-    major = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not major:
-        pytest.fail("this test needs PostgreSQL's server (Debian package postgresql); tests/run.sh installs it as root")
-    server_bin = major[-1].parent
     tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"),
-             "initdb": str(server_bin / "initdb"), "postgres": str(server_bin / "postgres"),
-             "pg_dump": str(server_bin / "pg_dump"), "pg_restore": str(server_bin / "pg_restore"),
-             "psql": str(server_bin / "psql"), "pg_isready": str(server_bin / "pg_isready")}
+             "flock": require_tool("flock", "util-linux"), **postgres_tools()}
     # Not below pytest's root-only temporary directory: the postgres user must reach its cluster.
     root = Path(tempfile.mkdtemp(prefix="gitea-stack-backup-"))
     root.chmod(0o755)

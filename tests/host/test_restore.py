@@ -28,8 +28,9 @@ from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
 from tests.harness.tools import require_root, require_tool
+from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres
 from tests.host.test_backup import (ALERT_EMAIL, BUCKET, DOMAIN, REBUILT, REGION, STACK, TABLES, fill_database,
-                                    make_bundle, make_data_volume, run, start_postgres, stop_postgres, tree_digests)
+                                    make_bundle, make_data_volume, tree_digests)
 
 DOCKER_STANDIN = """#!{python}
 # docker for restore.sh: postgres tools on the test's cluster, and a gitea container in a state file.
@@ -153,14 +154,10 @@ class Forge:
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user, and the scripts run as root and mount the data volume")
-    major = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not major:
-        pytest.fail("this test needs PostgreSQL's server (Debian package postgresql); tests/run.sh installs it as root")
-    server_bin = major[-1].parent
     tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
              "flock": require_tool("flock", "util-linux"), "fallocate": require_tool("fallocate", "util-linux"),
-             "initdb": str(server_bin / "initdb"), "postgres": str(server_bin / "postgres"),
-             "psql": str(server_bin / "psql"), "pg_isready": str(server_bin / "pg_isready")}
+             **postgres_tools()}
+    server_bin = Path(tools["psql"]).parent
     root = Path(tempfile.mkdtemp(prefix="gitea-stack-restore-"))
     root.chmod(0o755)
     postgres = moto = None
