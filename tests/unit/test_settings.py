@@ -188,5 +188,5 @@ def test_every_documented_key_is_known():
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
                   "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays",
-                  "adopt", "snapshotRetentionDays", "backupSchedule"}
+                  "adopt", "snapshotRetentionDays", "backupSchedule", "restoreFrom"}
     assert set(KEY_NAMES) == documented
