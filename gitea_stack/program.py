@@ -60,11 +60,21 @@ def load_settings() -> Settings:
     except SettingsError as error:
         # RunError ends the program with the message alone, before any resource is registered.
         raise pulumi.RunError(str(SettingsError(problems + error.problems))) from None
+    warn_of_a_plaintext_restore_password(settings)
     if os.environ.get(ALLOW_PLACEHOLDERS_VARIABLE) != "1":
         problems += placeholder_problems(settings)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))
     return settings
+
+
+def warn_of_a_plaintext_restore_password(settings: Settings) -> None:
+    """restoreFrom.password belongs in the stack file encrypted; the stack stores it as a secret either way."""
+    key = qualified("restoreFrom")
+    secret = runtime_config.is_config_secret(key) or key in runtime_config.get_config_secret_keys_env()
+    if settings.restore_from and settings.restore_from.password and not secret:
+        pulumi.log.warn(f"{key}.password is in the stack file in plaintext; set it again with "
+                        f"`pulumi config set --secret --path {key}.password` and change it where it was copied")
 
 
 def check_operator_can_reach_host(settings: Settings) -> None:

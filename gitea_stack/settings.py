@@ -411,6 +411,14 @@ _SECRET_ARN = re.compile(
 RESTORE_FROM_FIELDS = ("bucket", "passwordSecret", "password", "region")
 
 
+# restoreFrom.password as commands outside the engine (preflight, render) see it: still encrypted.
+ENCRYPTED_PASSWORD = "<encrypted in the stack file>"
+
+
+def _is_encrypted_in_stack_file(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"secure"} and isinstance(value["secure"], str)
+
+
 def parse_restore_source(value: Any) -> RestoreSource:
     """`restoreFrom`: {bucket, passwordSecret | password, region?}. No message ever shows the password."""
     expected = ("a map {bucket: <the old stack's backup bucket>, passwordSecret: <ARN of its restic-password "
@@ -443,6 +451,8 @@ def parse_restore_source(value: Any) -> RestoreSource:
                                              "eu-central-1:123456789012:secret:gitea-stack/old/restic-password-AbCdEf, "
                                              f"got {_describe(value['passwordSecret'])}")
     password = value.get("password")
+    if _is_encrypted_in_stack_file(password):
+        password = ENCRYPTED_PASSWORD
     if "password" in value and (not isinstance(password, str) or not password):
         raise FieldProblem("password", "expected the old stack's restic password as a non-empty secret config value "
                                        "(pulumi config set --secret --path gitea-stack:restoreFrom.password)")
