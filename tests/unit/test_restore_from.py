@@ -148,3 +148,18 @@ def test_a_bad_restore_from_registers_nothing_and_names_its_field(example_config
     assert f"\n  - {key}: expected" in str(caught.value)
     assert PASSWORD not in str(caught.value)
     assert caught.value.registered == []
+
+
+@pytest.mark.parametrize("secret, warned", [(True, False), (False, True)])
+def test_a_password_in_plaintext_in_the_stack_file_is_warned_of(monkeypatch, secret, warned):
+    import gitea_stack.program as program
+    from gitea_stack.settings import parse_settings
+    from tests.unit.test_settings import MINIMAL
+    warnings = []
+    monkeypatch.setattr(program.pulumi.log, "warn", warnings.append)
+    monkeypatch.setattr(program.runtime_config, "is_config_secret", lambda key: secret)
+    settings = parse_settings({**MINIMAL, "restoreFrom": {"bucket": OLD_BUCKET, "password": PASSWORD}}, "prod")
+    program.warn_of_a_plaintext_restore_password(settings)
+    assert bool(warnings) is warned
+    assert all("pulumi config set --secret --path gitea-stack:restoreFrom.password" in w and PASSWORD not in w
+               for w in warnings)
