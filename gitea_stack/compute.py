@@ -38,6 +38,9 @@ class HostArgs:
     instance: InstanceFacts
     # A volume a destroyed stack kept (`adopt.dataVolumeId`): attached, never created or deleted here.
     adopted_volume_id: str = ""
+    # `restoreFrom`: the old stack's bucket and restic password secret, read only (None: no restore).
+    restore_source_bucket_arn: str | None = None
+    restore_source_password_arn: pulumi.Input[str] | None = None
 
 
 def find_ubuntu_ami(architecture: str) -> str:
@@ -77,6 +80,9 @@ class GiteaHost(pulumi.ComponentResource):
             "send-mail": pulumi.Output.from_input(args.mail_identity_arns).apply(
                 lambda arns: iam_documents.send_mail_from_domain(list(arns), settings.domain)),
         }
+        if args.restore_source_bucket_arn:
+            inline_policies["restore-from"] = pulumi.Output.from_input(args.restore_source_password_arn).apply(
+                lambda secret_arn: iam_documents.read_restore_source(args.restore_source_bucket_arn, secret_arn))
         for policy_name, document in inline_policies.items():
             aws.iam.RolePolicy(f"{name}-{policy_name}", role=role.id, policy=document.apply(json.dumps), opts=child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", path="/gitea-stack/", role=role.name, tags=tags,

@@ -40,6 +40,34 @@ def backup_bucket_access(bucket_arn: str) -> Document:
     )
 
 
+def read_restore_source(bucket_arn: str, password_secret_arn: str) -> Document:
+    """What a restore (`restoreFrom`) needs of the old stack: read its bucket and its restic password.
+
+    Read only: the old backups must come out of a restore exactly as they went in, so nothing
+    here writes or deletes (restic reads them with --no-lock, which writes no lock object).
+    """
+    return _document(
+        {
+            "Sid": "ListRestoreSourceBucket",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+        },
+        {
+            "Sid": "ReadRestoreSourceObjects",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": f"{bucket_arn}/*",
+        },
+        {
+            "Sid": "ReadRestoreSourcePassword",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": password_secret_arn,
+        },
+    )
+
+
 def read_secrets(secret_arns: list[str]) -> Document:
     """Read access to exactly this stack's secrets, listed one by one."""
     return _document({

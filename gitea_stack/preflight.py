@@ -1,7 +1,9 @@
 """Preflight: `python -m gitea_stack preflight --stack prod` checks, before a first `pulumi up`, what
 would make the deploy fail half-way: images that do not exist for the instance's architecture,
 Docker packages missing from Docker's apt repository, a missing or private hosted zone, an instance
-type too small or not sold in the region, SES unavailable or in the sandbox, no Elastic IP left.
+type too small or not sold in the region, SES unavailable or in the sandbox, no Elastic IP left;
+with `restoreFrom`, a bucket without a restic repository (or in another region) or a missing
+password secret.
 
 Each check returns `CheckResult` records (OK, WARN or FAIL). Reading registry manifests, apt
 Packages files and WWW-Authenticate headers, and judging AWS's answers, are pure functions; only
@@ -39,6 +41,7 @@ from botocore.exceptions import (
 from gitea_stack.cli import StackFileProblem, read_stack, stack_file_values, stack_region
 from gitea_stack.settings import (
     ALLOW_PLACEHOLDERS_VARIABLE,
+    RestoreSource,
     Settings,
     SettingsError,
     placeholder_problems,
@@ -426,6 +429,51 @@ def check_elastic_ips(ec2: Any, service_quotas: Any) -> CheckResult:
     return judge_elastic_ips(in_use, quota, source)
 
 
+# Where backup.sh keeps its restic repository in a backup bucket (lib.sh's RESTIC_REPOSITORY), and
+# the object every restic repository has.
+RESTIC_CONFIG_KEY = "restic/config"
+
+
+def _error_code(error: Exception) -> str:
+    return error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
+
+
+def check_restore_bucket(s3: Any, source: RestoreSource, region: str) -> CheckResult:
+    """restoreFrom's bucket exists in the region the host will ask, and holds a restic repository."""
+    check, key = "restore source bucket", qualified("restoreFrom")
+    try:
+        answer = s3.head_bucket(Bucket=source.bucket)
+        found_in = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region", region)
+        if found_in != region:
+            return CheckResult(check, FAIL, f"{key}.region: the bucket {source.bucket} is in {found_in}, not {region}; "
+                                            f"expected restoreFrom.region {found_in}")
+        s3.head_object(Bucket=source.bucket, Key=RESTIC_CONFIG_KEY)
+    except ClientError as error:
+        if _error_code(error) in ("404", "NoSuchBucket", "NotFound", "NoSuchKey"):
+            return CheckResult(check, FAIL, f"{key}.bucket: no restic repository in {source.bucket} ({region}): "
+                                            f"expected the old stack's backup bucket, which holds {RESTIC_CONFIG_KEY}")
+        return aws_error_result(check, "s3:HeadBucket/HeadObject", error)
+    except BotoCoreError as error:
+        return aws_error_result(check, "s3:HeadBucket/HeadObject", error)
+    return CheckResult(check, OK, f"{source.bucket} ({region}) holds a restic repository")
+
+
+def check_restore_password_secret(secretsmanager: Any, source: RestoreSource) -> CheckResult:
+    """restoreFrom.passwordSecret exists (its value is the host's to read, not the operator's)."""
+    check = "restore source password"
+    try:
+        secretsmanager.describe_secret(SecretId=source.password_secret_arn)
+    except ClientError as error:
+        if _error_code(error) == "ResourceNotFoundException":
+            return CheckResult(check, FAIL, f"{qualified('restoreFrom')}.passwordSecret: no secret "
+                                            f"{source.password_secret_arn}; expected the old stack's restic-password "
+                                            "secret (aws secretsmanager list-secrets in its region)")
+        return aws_error_result(check, "secretsmanager:DescribeSecret", error)
+    except BotoCoreError as error:
+        return aws_error_result(check, "secretsmanager:DescribeSecret", error)
+    return CheckResult(check, OK, f"{source.password_secret_arn} exists")
+
+
 class RegistryRefused(Exception):
     """The registry answered, but not with what the check asked for."""
 
@@ -534,6 +582,17 @@ def run_checks(settings: Settings, region: str, session: Any, apt_url: str,
     results.append(check_ses(client("sesv2"), region))
     progress("counting Elastic IPs against the quota")
     results.append(check_elastic_ips(ec2, client("service-quotas")))
+    source = settings.restore_from
+    if source:
+        source_region = source.region_or(region)
+        progress(f"looking for the restic repository in {source.bucket} ({source_region})")
+        results.append(check_restore_bucket(
+            session.client("s3", region_name=source_region, config=AWS_CLIENT_CONFIG), source, source_region))
+        if source.password_secret_arn:
+            secret_region = source.password_secret_arn.split(":")[3]
+            progress(f"looking for the restic password secret in {secret_region}")
+            results.append(check_restore_password_secret(
+                session.client("secretsmanager", region_name=secret_region, config=AWS_CLIENT_CONFIG), source))
 
     if architecture is None:
         results.append(CheckResult("images and apt packages", WARN, "not checked: they depend on the instance "

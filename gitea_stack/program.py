@@ -16,7 +16,7 @@ from gitea_stack.compute import GiteaHost, HostArgs
 from gitea_stack.dns import ForgeDns, find_zone_id
 from gitea_stack.mail import Mail
 from gitea_stack.network import AwsAccount, Network
-from gitea_stack.provision import HostConnection, Provisioning, stack_facts
+from gitea_stack.provision import HostConnection, Provisioning, RestoreFromFacts, stack_facts
 from gitea_stack.secrets import GENERATED_SECRETS, KeptSecret, StackSecrets
 from gitea_stack.settings import (
     ALLOW_PLACEHOLDERS_VARIABLE,
@@ -60,11 +60,21 @@ def load_settings() -> Settings:
     except SettingsError as error:
         # RunError ends the program with the message alone, before any resource is registered.
         raise pulumi.RunError(str(SettingsError(problems + error.problems))) from None
+    warn_of_a_plaintext_restore_password(settings)
     if os.environ.get(ALLOW_PLACEHOLDERS_VARIABLE) != "1":
         problems += placeholder_problems(settings)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))
     return settings
+
+
+def warn_of_a_plaintext_restore_password(settings: Settings) -> None:
+    """restoreFrom.password belongs in the stack file encrypted; the stack stores it as a secret either way."""
+    key = qualified("restoreFrom")
+    secret = runtime_config.is_config_secret(key) or key in runtime_config.get_config_secret_keys_env()
+    if settings.restore_from and settings.restore_from.password and not secret:
+        pulumi.log.warn(f"{key}.password is in the stack file in plaintext; set it again with "
+                        f"`pulumi config set --secret --path {key}.password` and change it where it was copied")
 
 
 def check_operator_can_reach_host(settings: Settings) -> None:
@@ -149,6 +159,23 @@ def backup_bucket(settings: Settings, account: AwsAccount) -> tuple[pulumi.Input
     return backups.bucket.bucket, backups.bucket.arn, backups.access_logs.bucket.bucket
 
 
+def restore_from_password_secret(settings: Settings, secrets: StackSecrets) -> tuple[pulumi.Input[str] | None,
+                                                                                     pulumi.Input[str] | None]:
+    """(ARN the role may read, what the host fetches: ARN or name) of the restore password; Nones: no restore."""
+    if not settings.restore_from:
+        return None, None
+    if secrets.restore_from_password:
+        return secrets.restore_from_password.arn, secrets.restore_from_password.name
+    return settings.restore_from.password_secret_arn, settings.restore_from.password_secret_arn
+
+
+def restore_from_facts(settings: Settings, region: str, password_secret: str | None) -> RestoreFromFacts | None:
+    if not settings.restore_from or not password_secret:
+        return None
+    return RestoreFromFacts(bucket=settings.restore_from.bucket, region=settings.restore_from.region_or(region),
+                            password_secret=password_secret)
+
+
 def describe_instance_type(settings: Settings) -> InstanceFacts:
     """Memory and architecture of the instance type, from AWS rather than guessed from its name.
 
@@ -181,6 +208,7 @@ def build_stack(settings: Settings) -> dict[str, Any]:
     secrets = StackSecrets("secrets", settings, kept=kept)
     mail = Mail("mail", settings, zone_id=zone_id, region=region)
     all_secrets = {**secrets.stored, "smtp-credentials": mail.smtp_secret}
+    restore_password_arn, restore_password_fact = restore_from_password_secret(settings, secrets)
     host = GiteaHost("host", settings, HostArgs(
         subnet_id=network.subnet.id,
         availability_zone=network.subnet.availability_zone,
@@ -192,15 +220,20 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         partition=partition.partition,
         instance=instance,
         adopted_volume_id=settings.adopt.data_volume_id,
+        restore_source_bucket_arn=(f"arn:{partition.partition}:s3:::{settings.restore_from.bucket}"
+                                   if settings.restore_from else None),
+        restore_source_password_arn=restore_password_arn,
     ))
     dns = ForgeDns("dns", settings, zone_id=zone_id, address=host.public_ip)
     snapshots = VolumeSnapshots("snapshots", settings, volume_id=host.data_volume_id, account_id=account.account_id,
                                 partition=account.partition, adopted=bool(settings.adopt.data_volume_id))
     secret_names = pulumi.Output.all(**{key: stored.name for key, stored in all_secrets.items()})
     # A new secret value is a new version: the converge runs again and applies it on the host.
-    secret_versions = pulumi.Output.all(*(stored.version_id for stored in all_secrets.values()))
-    facts = pulumi.Output.all(bucket_name, secret_names).apply(
-        lambda values: stack_facts(region, values[0], values[1]))
+    # A corrected restoreFrom.password is a new version too, so a refused restore is tried again.
+    versioned = [*all_secrets.values(), *([secrets.restore_from_password] if secrets.restore_from_password else [])]
+    secret_versions = pulumi.Output.all(*(stored.version_id for stored in versioned))
+    facts = pulumi.Output.all(bucket_name, secret_names, restore_password_fact).apply(
+        lambda values: stack_facts(region, values[0], values[1], restore_from_facts(settings, region, values[2])))
     Provisioning(
         "provision", settings, instance,
         HostConnection(host=host.public_ip, port=settings.admin_ssh_port, private_key=host.private_key),

@@ -33,10 +33,22 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def stack_facts(region: str, bucket_name: str, secret_names: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class RestoreFromFacts:
+    """What the host needs to restore an old stack's backups (`restoreFrom`)."""
+    bucket: str
+    region: str
+    password_secret: str  # the secret's ARN (read in the ARN's region) or, in the stack's region, its name
+
+
+def stack_facts(region: str, bucket_name: str, secret_names: dict[str, str],
+                restore_from: RestoreFromFacts | None = None) -> str:
     """stack-facts.env: what the cloud half created that the host must know. Names only, no values."""
     lines = ["# gitea-stack: written by `pulumi up` from the stack's resources.",
              f"AWS_REGION={region}", f"BACKUP_BUCKET={bucket_name}"]
+    if restore_from:
+        lines += [f"RESTORE_FROM_BUCKET={restore_from.bucket}", f"RESTORE_FROM_REGION={restore_from.region}"]
+        secret_names = {**secret_names, "restore-from-password": restore_from.password_secret}
     lines += [f"SECRET_{key.upper().replace('-', '_')}={name}" for key, name in sorted(secret_names.items())]
     return "\n".join(lines) + "\n"
 

@@ -26,6 +26,8 @@ GENERATED_SECRETS: dict[str, int] = {
     "metrics-token": 40,
     "restic-password": 64,
 }
+# The old stack's restic password, when `restoreFrom.password` gives it as a config value.
+RESTORE_FROM_PASSWORD = "restore-from-password"
 
 
 def secret_name_prefix(settings: Settings, key: str) -> str:
@@ -71,6 +73,8 @@ class StackSecrets(pulumi.ComponentResource):
 
     With `kept` (adoption) the stack generates nothing: it uses the secrets a destroyed stack left,
     so the data encrypted with them opens, and its own destroy leaves them alone.
+    `restore_from_password` is the secret holding `restoreFrom.password`, when that is given; it is
+    not among `stored`, since only a restore reads it (and the role reads it by a grant of its own).
     """
 
     def __init__(self, name: str, settings: Settings, kept: dict[str, KeptSecret] | None = None,
@@ -78,6 +82,12 @@ class StackSecrets(pulumi.ComponentResource):
         super().__init__("gitea-stack:secrets:StackSecrets", name, None, opts)
         self.values: dict[str, pulumi.Output[str]] = {}
         self.stored: dict[str, StoredSecret] = {}
+        self.restore_from_password: StoredSecret | None = None
+        if settings.restore_from and settings.restore_from.password:
+            # Not retained: the old stack still holds the password, and the config holds it too.
+            self.restore_from_password = store_secret(
+                f"{name}-{RESTORE_FROM_PASSWORD}-secret", RESTORE_FROM_PASSWORD,
+                pulumi.Output.secret(settings.restore_from.password), settings, parent=self, retain=False)
         if kept:
             for key, secret in kept.items():
                 self.values[key] = secret.value

@@ -65,6 +65,32 @@ class Adoption:
         return bool(self.data_volume_id or self.backup_bucket or self.secrets_from_stack)
 
 
+@dataclass(frozen=True)
+class RestoreSource:
+    """Where a new stack restores its forge from (`restoreFrom`): another stack's restic backups.
+
+    The bucket is only read. The restic password is either a Secrets Manager secret the operator
+    names (`password_secret_arn`) or a secret config value (`password`) that this stack stores in a
+    secret of its own. `region` is "" when it is the stack's own region.
+    """
+    bucket: str
+    region: str = ""
+    password_secret_arn: str = ""
+    # Plaintext only in memory: never in a repr, a message or a resource input outside a Pulumi secret.
+    password: str = field(default="", repr=False)
+
+    def region_or(self, stack_region: str) -> str:
+        return self.region or stack_region
+
+
+class FieldProblem(ValueError):
+    """A bad field of a map-valued key; the problem line names `<key>.<field>` (field "": the key itself)."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field_name = field_name
+        super().__init__(message)
+
+
 class SettingsError(ValueError):
     """Bad stack config. `problems` holds one line per problem, each starting with its key."""
 
@@ -100,6 +126,7 @@ class Settings:
     adopt: Adoption = Adoption()
     snapshot_retention_days: int = 7
     backup_schedule: str = "hourly"
+    restore_from: RestoreSource | None = None
 
     @property
     def tags(self) -> dict[str, str]:
@@ -366,6 +393,76 @@ def parse_adoption(value: Any) -> Adoption:
     return adoption
 
 
+# Names S3 reserves for itself (access points, Object Lambda, directory buckets, its documentation).
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def is_s3_bucket_name(name: str) -> bool:
+    """S3's rules for general purpose bucket names."""
+    return (bool(_BUCKET_NAME.match(name)) and ".-" not in name and "-." not in name
+            and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name)
+            and not name.startswith(_RESERVED_BUCKET_PREFIXES) and not name.endswith(_RESERVED_BUCKET_SUFFIXES))
+
+
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
+_SECRET_ARN = re.compile(
+    r"^arn:aws(?:-[a-z]+)*:secretsmanager:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d{1,2}):\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
+RESTORE_FROM_FIELDS = ("bucket", "passwordSecret", "password", "region")
+
+
+# restoreFrom.password as commands outside the engine (preflight, render) see it: still encrypted.
+ENCRYPTED_PASSWORD = "<encrypted in the stack file>"
+
+
+def _is_encrypted_in_stack_file(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"secure"} and isinstance(value["secure"], str)
+
+
+def parse_restore_source(value: Any) -> RestoreSource:
+    """`restoreFrom`: {bucket, passwordSecret | password, region?}. No message ever shows the password."""
+    expected = ("a map {bucket: <the old stack's backup bucket>, passwordSecret: <ARN of its restic-password "
+                "secret>, region: <the bucket's region, optional>}, or password (a secret config value) "
+                "instead of passwordSecret")
+    value = _from_json(value)
+    if not isinstance(value, Mapping):
+        raise FieldProblem("", f"expected {expected}")
+    unknown = sorted(set(value) - set(RESTORE_FROM_FIELDS))
+    if unknown:
+        raise FieldProblem(unknown[0], f"unknown field; expected one of {', '.join(RESTORE_FROM_FIELDS)}")
+
+    def text(name: str) -> str:
+        item = value.get(name)
+        return item.strip() if isinstance(item, str) else ""
+
+    bucket = text("bucket")
+    if not is_s3_bucket_name(bucket):
+        got = "nothing" if "bucket" not in value else _describe(value["bucket"])
+        raise FieldProblem("bucket", "expected an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens, "
+                                     f"starting and ending with a letter or digit, not an IP address), got {got}")
+    if ("passwordSecret" in value) == ("password" in value):
+        raise FieldProblem("passwordSecret", "expected exactly one of restoreFrom.passwordSecret (the ARN of the old "
+                                             "stack's restic-password secret) and restoreFrom.password (a secret "
+                                             "config value)")
+    arn = text("passwordSecret")
+    arn_match = _SECRET_ARN.match(arn)
+    if "passwordSecret" in value and not arn_match:
+        raise FieldProblem("passwordSecret", "expected a Secrets Manager secret ARN such as arn:aws:secretsmanager:"
+                                             "eu-central-1:123456789012:secret:gitea-stack/old/restic-password-AbCdEf, "
+                                             f"got {_describe(value['passwordSecret'])}")
+    password = value.get("password")
+    if _is_encrypted_in_stack_file(password):
+        password = ENCRYPTED_PASSWORD
+    if "password" in value and (not isinstance(password, str) or not password):
+        raise FieldProblem("password", "expected the old stack's restic password as a non-empty secret config value "
+                                       "(pulumi config set --secret --path gitea-stack:restoreFrom.password)")
+    region = text("region")
+    if "region" in value and not _REGION.match(region):
+        raise FieldProblem("region", f"expected an AWS region name such as eu-central-1, got {_describe(value['region'])}")
+    return RestoreSource(bucket=bucket, region=region or (arn_match["region"] if arn_match else ""),
+                         password_secret_arn=arn, password=password if isinstance(password, str) else "")
+
+
 _CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly", "semiannually", "yearly")
 _CALENDAR_EXPRESSION = re.compile(
     r"^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)(?:(?:\.\.|,)(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun))*\s+)?"  # weekdays
@@ -459,6 +556,7 @@ KEYS: tuple[Key, ...] = (
     Key("backupSchedule", "backup_schedule", parse_calendar, "hourly"),
     Key("snapshotRetentionDays", "snapshot_retention_days",
         int_parser(1, 365, "a number of days from 1 to 365 (one snapshot a day is kept that long)"), 7),
+    Key("restoreFrom", "restore_from", parse_restore_source, None),  # None: no restore
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 
@@ -493,11 +591,16 @@ def parse_settings(raw: Mapping[str, Any], stack: str) -> Settings:
             continue
         try:
             values[key.field] = key.parse(value)
+        except FieldProblem as problem:
+            name = f"{key.name}.{problem.field_name}" if problem.field_name else key.name
+            problems.append(f"{qualified(name)}: {problem}")
+            values[key.field] = None
         except ValueError as expected:
             problems.append(f"{qualified(key.name)}: expected {expected}, got {_describe(value)}")
             values[key.field] = None
 
     problems.extend(_cross_check(values, raw))
+    problems.extend(_restore_source_problems(values["restore_from"], values["adopt"], stack))
     if problems:
         raise SettingsError(problems)
     return Settings(stack=stack, **values)
@@ -525,6 +628,32 @@ def _cross_check(values: dict[str, Any], raw: Mapping[str, Any]) -> list[str]:
             f"{qualified('gitSshPort')}: expected a port different from {qualified('adminSshPort')} "
             f"(both are {git_port}); git and the host's sshd cannot share a port"
         )
+    return problems
+
+
+def own_backup_bucket_prefix(stack: str) -> str:
+    """The name every backup bucket this stack creates starts with (storage.BackupBucket's bucket_prefix)."""
+    return f"gitea-stack-{stack}-backups-"
+
+
+def _restore_source_problems(source: RestoreSource | None, adoption: Adoption | None, stack: str) -> list[str]:
+    if source is None:
+        return []
+    problems = []
+    if adoption and adoption.data_volume_id:
+        problems.append(f"{qualified('restoreFrom')}: expected no restore together with "
+                        f"{qualified('adopt')}.dataVolumeId: an adopted volume already holds a forge, and a restore "
+                        "is only for a new, empty one")
+    own_bucket = adoption.backup_bucket if adoption else ""
+    if source.bucket == own_bucket:
+        problems.append(f"{qualified('restoreFrom.bucket')}: expected another stack's backup bucket, got "
+                        f"{source.bucket!r}, which this stack adopts and writes its own backups to")
+    elif source.bucket.startswith(own_backup_bucket_prefix(stack)):
+        # Buckets of that name are the ones this stack creates and writes; a restore reads a bucket no
+        # one writes to meanwhile. A stack restoring an old stack of the same name needs another name.
+        problems.append(f"{qualified('restoreFrom.bucket')}: expected another stack's backup bucket, got "
+                        f"{source.bucket!r}: {own_backup_bucket_prefix(stack)}... is the name of this stack's own "
+                        "backup bucket, which it writes to; restore into a stack with another name")
     return problems
 
 

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from gitea_stack import iam_documents
-from gitea_stack.settings import Settings
+from gitea_stack.settings import Settings, own_backup_bucket_prefix
 
 ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS = 7
 # Overwritten or deleted log objects stay this long (versioning), beyond the retention of live ones.
@@ -103,7 +103,7 @@ class BackupBucket(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, account_id: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gitea-stack:storage:BackupBucket", name, None, opts)
         self.bucket, _ = _private_bucket(
-            self, name, f"gitea-stack-{settings.stack}-backups-", settings,
+            self, name, own_backup_bucket_prefix(settings.stack), settings,
             lifecycle_rules=[_expire_noncurrent(settings.backup_retention_days)],
             policy=lambda arn: arn.apply(iam_documents.deny_insecure_transport))
         self.access_logs = AccessLogBucket(f"{name}-access-logs", settings, account_id, self.bucket.arn,

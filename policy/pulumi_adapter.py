@@ -43,7 +43,7 @@ from rules import RULES, UNKNOWN, Resource, Rule, stack_of, with_defaults
 # The project's stack files, one level above the policy pack.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Stack settings the rules read, as the rules' config names them.
-STACK_SETTINGS = {"gitea-stack:gitSshPort": "gitSshPort"}
+STACK_SETTINGS = {"gitea-stack:gitSshPort": "gitSshPort", "gitea-stack:adopt": "adopt"}
 
 UNKNOWN_SENTINELS = frozenset({
     UNKNOWN_BOOLEAN_VALUE, UNKNOWN_NUMBER_VALUE, UNKNOWN_STRING_VALUE, UNKNOWN_ARRAY_VALUE,

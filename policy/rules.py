@@ -10,8 +10,10 @@ only values it can see are wrong, or a required resource that is missing. A prop
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -705,6 +707,97 @@ def check_iam_no_broad_managed_policies(resource: Resource, config: Mapping[str,
             for arn in arns if isinstance(arn, str) and is_broad_managed_policy(arn)]
 
 
+# Action names that write to S3: every Put* and Delete* (objects, versions, bucket settings).
+S3_WRITE_VERBS = ("put", "delete")
+
+
+def _may_write_s3(action: str) -> bool:
+    """True if an action, wildcards included ("s3:*", "s3:Put*", "*Object"), can name an S3 Put or Delete."""
+    service, _, name = action.lower().partition(":")
+    if action == "*":
+        return True
+    if not fnmatch.fnmatchcase("s3", service):
+        return False
+    literal = re.split(r"[*?]", name, maxsplit=1)[0]
+    if literal == name:  # no wildcard: the action itself
+        return name.startswith(S3_WRITE_VERBS)
+    return any(verb.startswith(literal) or literal.startswith(verb) for verb in S3_WRITE_VERBS)
+
+
+def _own_bucket_test(resources: Sequence[Resource], config: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A test of a bucket name: True if the stack owns it, False if not, UNKNOWN if it cannot tell yet.
+
+    The stack owns the buckets it creates (a new one's name is unknown in a preview, but starts with
+    its bucketPrefix) and the backup bucket it adopts (`gitea-stack:adopt.backupBucket`).
+    """
+    names, prefixes, unknown = set(), [], False
+    adoption = config.get("adopt")
+    if isinstance(adoption, str):  # as the engine hands a map over: JSON
+        try:
+            adoption = json.loads(adoption)
+        except ValueError:
+            adoption = None
+    adopted = dig(adoption, "backupBucket")
+    if isinstance(adopted, str):
+        names.add(adopted)
+    for bucket in (r for r in resources if r.type in BUCKET_TYPES):
+        name, prefix = bucket.props.get("bucket"), bucket.props.get("bucketPrefix")
+        if isinstance(name, str):
+            names.add(name)
+        elif isinstance(prefix, str):
+            prefixes.append(prefix)
+        else:
+            unknown = True
+
+    def owns(name: str) -> Any:
+        if name in names or any(name.startswith(prefix) for prefix in prefixes):
+            return True
+        return UNKNOWN if unknown else False
+    return owns
+
+
+def _bucket_of_arn(arn: str) -> str | None:
+    """The bucket an S3 ARN names (arn:<partition>:s3:::<bucket>[/key]); "*" for every bucket; None if not S3."""
+    if arn == "*":
+        return "*"
+    if not re.match(r"^arn:[a-z-]+:s3:::", arn):
+        return None
+    return arn.partition(":::")[2].split("/", 1)[0]
+
+
+def check_s3_writes_only_to_own_buckets(resources: Sequence[Resource],
+                                        config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """No policy lets a role or user of the stack write to a bucket the stack does not own.
+
+    A restore (`restoreFrom`) reads another stack's bucket: a write there could damage the only
+    copy of the old forge.
+    """
+    owns = _own_bucket_test(resources, config)
+    violations = []
+    for resource in resources:
+        for where, raw in _policy_documents(resource):
+            document = policy_document(raw)
+            if document is UNKNOWN or document is None:
+                continue
+            for statement in _statements(document):
+                # A wildcard on every resource is iam-no-wildcard-allow's to report.
+                if statement.get("Effect") != "Allow" or _wildcard_problem(statement):
+                    continue
+                writes = "NotAction" in statement or any(
+                    _may_write_s3(action) for action in _strings(statement.get("Action")))
+                if not writes:
+                    continue
+                buckets = [_bucket_of_arn(arn) for arn in _strings(statement.get("Resource"))]
+                if "NotResource" in statement:
+                    buckets.append("*")
+                foreign = sorted({bucket for bucket in buckets if bucket and ("*" in bucket or owns(bucket) is False)})
+                if foreign:
+                    violations.append((resource.urn, f"{where} allows S3 writes (Put or Delete) on "
+                                                     f"{', '.join(foreign)}, which this stack does not own: "
+                                                     "grant read only on other buckets (s3:ListBucket, s3:GetObject)"))
+    return violations
+
+
 # --- Secrets Manager ----------------------------------------------------------------------------
 
 SECRET_TYPE = "aws:secretsmanager/secret:Secret"
@@ -843,6 +936,12 @@ RULES: tuple[Rule, ...] = (
          "No IAM principal gets a broad AWS managed policy (AdministratorAccess, PowerUserAccess, "
          "IAMFullAccess or any *FullAccess).",
          "resource", check_iam_no_broad_managed_policies),
+    Rule("s3-writes-only-to-own-buckets",
+         "No IAM policy allows S3 Put or Delete actions on a bucket the stack does not own (the buckets it "
+         "creates, and the backup bucket it adopts: gitea-stack:adopt.backupBucket); another stack's bucket, "
+         "such as restoreFrom's, is read only.",
+         "stack", check_s3_writes_only_to_own_buckets,
+         config_schema={"adopt": {"type": "object"}}),
     Rule("secret-recovery-window",
          "A Secrets Manager secret's recoveryWindowInDays, when set, is 0 or between 7 and 30.",
          "resource", check_secret_recovery_window),

@@ -43,8 +43,10 @@ declare -A SECRETS_OF=(
   [postgres]="postgres-password"
   [gitea]="postgres-password gitea-secret-key gitea-internal-token metrics-token smtp-host smtp-port smtp-username smtp-password"
   [diun]="smtp-username smtp-password"
-  [host]="restic-password runner-registration-token"
+  [host]="restic-password runner-registration-token restore-from-password"
 )
+# Staged only when the stack config asks for them (restoreFrom); installed when there.
+OPTIONAL_SECRETS=" restore-from-password "
 # Services that read their secret files when they start. Each gets a digest of its files in an env
 # file compose reads (runtime/<service>.env), so a changed secret changes the service's definition
 # and `compose up` recreates it: in this run or, if this one fails half-way, in the next. PostgreSQL
@@ -188,6 +190,7 @@ install_secrets() {
     install -d -m 0700 -o "${SECRET_OWNER[$service]}" -g "${SECRET_OWNER[$service]}" \
       "$GITEA_STACK_DIR/secrets/$service"
     for key in ${SECRETS_OF[$service]}; do
+      if [[ ! -e $staging/$key && $OPTIONAL_SECRETS == *" $key "* ]]; then continue; fi
       install_if_changed "$GITEA_STACK_DIR/secrets/$service/$key" "$staging/$key" \
         "${SECRET_OWNER[$service]}" 0600 || true
     done

@@ -277,3 +277,25 @@ def test_a_converge_with_nothing_changed_leaves_nginx_alone(host):
     assert nginx_calls_of_the_last_run(host, calls_before) == []
     assert host.nginx_processes() == (master, workers)
     assert host.https_headers()[1]["x-frame-options"] == "DENY"
+
+
+def test_a_restore_password_is_installed_for_the_host_when_the_stack_names_one(host):
+    # restoreFrom: the old stack's restic password, by ARN in another region (boto3 asks the same
+    # endpoint, moto keeps each region apart). Without it (every converge above) nothing is installed.
+    import boto3
+    assert not (host.bundle_dir / "secrets" / "host" / "restore-from-password").exists()
+    settings_env = (host.bundle_dir / "settings.env").read_text()
+    endpoint = next(line.split("=", 1)[1] for line in settings_env.splitlines() if line.startswith("AWS_ENDPOINT_URL="))
+    old_region = "eu-west-1"
+    client = boto3.client("secretsmanager", region_name=old_region, endpoint_url=endpoint,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    canary = f"CANARYrestorefrom{secrets.token_hex(12)}"
+    arn = client.create_secret(Name="gitea-stack/old/restic-password-abc123", SecretString=canary)["ARN"]
+    facts = host.bundle_dir / "stack-facts.env"
+    facts.write_text(facts.read_text() + f"RESTORE_FROM_BUCKET=gitea-stack-old-backups-test\n"
+                                          f"RESTORE_FROM_REGION={old_region}\nSECRET_RESTORE_FROM_PASSWORD={arn}\n")
+    result = host.converge()
+    assert result.returncode == 0, explain(result)
+    installed = host.bundle_dir / "secrets" / "host" / "restore-from-password"
+    assert installed.read_text() == canary and mode_and_owner(installed) == (0o600, 0)
+    assert canary not in result.stdout + result.stderr

@@ -242,3 +242,14 @@ def test_kept_secret_values_travel_nowhere(adopted_run):
     kept_values = {value for value in kept_secrets().values()}
     assert kept_values <= adopted_run.mock_secrets
     assert leaks(adopted_run) == []
+
+
+def test_the_policy_pack_counts_the_adopted_bucket_among_the_stacks_own(adopted_run):
+    # The role writes its backups to the adopted bucket, which no resource of this stack creates: the
+    # pack knows it from gitea-stack:adopt (read from the stack file), and without that it objects.
+    import rules
+
+    from tests.unit.test_policy_on_the_program import as_policy_resources
+    resources = as_policy_resources(adopted_run)
+    assert [v.rule for v in rules.evaluate(resources)] == ["s3-writes-only-to-own-buckets"]
+    assert rules.evaluate(resources, {"adopt": ADOPT_ALL}) == []

@@ -185,3 +185,14 @@ def test_the_git_ssh_port_comes_from_the_stacks_own_config(tmp_path, monkeypatch
         assert pulumi_adapter.rule_config({"gitSshPort": 22}, "dev")["gitSshPort"] == 22
     finally:
         pulumi_adapter.stack_settings.cache_clear()
+
+
+def test_the_adopted_bucket_comes_from_the_stacks_own_config(tmp_path):
+    import pulumi_adapter
+    (tmp_path / "Pulumi.dev.yaml").write_text(
+        "config:\n  gitea-stack:adopt:\n    backupBucket: gitea-stack-old-backups-1\n")
+    pulumi_adapter.stack_settings.cache_clear()
+    try:
+        assert pulumi_adapter.stack_settings("dev", tmp_path) == {"adopt": {"backupBucket": "gitea-stack-old-backups-1"}}
+    finally:
+        pulumi_adapter.stack_settings.cache_clear()

@@ -53,6 +53,10 @@ BROKEN = {
     "log-group-encrypted-and-expiring": lambda rs: replace_props(
         rs, "aws:cloudwatch/logGroup:LogGroup", lambda p: {k: v for k, v in p.items() if k != "kmsKeyId"}),
     "kms-key-rotation": lambda rs: replace_props(rs, "aws:kms/key:Key", lambda p: {**p, "enableKeyRotation": False}),
+    "s3-writes-only-to-own-buckets": lambda rs: replace_props(
+        rs, "aws:iam/rolePolicy:RolePolicy", lambda p: {**p, "policy": json.dumps(
+            {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": "arn:aws:s3:::gitea-stack-old-backups-x/*"}]})}),
 }
 
 

@@ -140,8 +140,9 @@ def compliant_stack() -> list[Resource]:
             "tags": TAGS}),
         res("aws:iam/instanceProfile:InstanceProfile", "host-profile", {"role": "host-role", "tags": TAGS}),
         res("aws:iam/rolePolicy:RolePolicy", "host-backups", {"role": "host-role", "policy": iam_doc(
-            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::b"},
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "arn:aws:s3:::b/*"},
+            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::gitea-stack-dev-artifacts"},
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+             "Resource": "arn:aws:s3:::gitea-stack-dev-artifacts/*"},
             {"Effect": "Deny", "Action": "*", "Resource": "*", "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "false"}}},
         )}),
         res("aws:iam/policy:Policy", "metrics", {"policy": {
@@ -271,6 +272,14 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("log-group-encrypted-and-expiring", change("flow-logs", retentionInDays=0), "flow-logs"),
     ("kms-key-rotation", change("flow-logs-key", enableKeyRotation=False), "flow-logs-key"),
     ("kms-key-rotation", change("flow-logs-key", enableKeyRotation=None), "flow-logs-key"),
+    ("s3-writes-only-to-own-buckets", add(res("aws:iam/rolePolicy:RolePolicy", "host-restore-from", {
+        "role": "host-role", "policy": iam_doc(
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:DeleteObject"],
+             "Resource": "arn:aws:s3:::gitea-stack-old-backups-0123/*"})})), "host-restore-from"),
+    ("s3-writes-only-to-own-buckets", change("host-backups", policy=iam_doc(
+        {"Effect": "Allow", "Action": "s3:Put*", "Resource": "arn:aws:s3:::someone-elses-bucket"})), "host-backups"),
+    ("s3-writes-only-to-own-buckets", change("smtp-send", policy=iam_doc(
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "*"})), "smtp-send"),
 ]
 
 
@@ -385,3 +394,42 @@ def test_tags_must_match_the_resources_own_stack():
                         name="vpc", props={"tags": TAGS})
     [violation] = [v for v in evaluate([prod_vpc]) if v.rule == "stack-tags"]
     assert "Stack='prod'" in violation.message
+
+
+# Read only, as restoreFrom grants it: the old stack's bucket and password, nothing that writes.
+READ_ONLY_RESTORE_SOURCE = res("aws:iam/rolePolicy:RolePolicy", "host-restore-from", {
+    "role": "host-role", "policy": iam_doc(
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::gitea-stack-old-backups-0123"},
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::gitea-stack-old-backups-0123/*"},
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gitea-stack/old/restic-password-AbCdEf"})})
+
+
+def test_reading_another_stacks_bucket_is_no_violation():
+    assert evaluate(add(READ_ONLY_RESTORE_SOURCE)(compliant_stack())) == []
+
+
+def test_writing_to_a_new_bucket_of_the_stack_is_no_violation_before_its_name_is_known():
+    # The backups bucket has only its prefix during a preview: a name with that prefix is the stack's own.
+    stack = change("host-backups", policy=iam_doc(
+        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"], "Resource": "arn:aws:s3:::backups-1234/*"}))(
+        compliant_stack())
+    assert evaluate(stack) == []
+
+
+def test_writing_to_the_adopted_backup_bucket_is_no_violation():
+    stack = change("host-backups", policy=iam_doc(
+        {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::gitea-stack-old-backups-0123/*"}))(
+        compliant_stack())
+    assert {v.rule for v in evaluate(stack)} == {"s3-writes-only-to-own-buckets"}
+    assert evaluate(stack, {"adopt": {"backupBucket": "gitea-stack-old-backups-0123"}}) == []
+    assert evaluate(stack, {"adopt": '{"backupBucket": "gitea-stack-old-backups-0123"}'}) == []
+
+
+@pytest.mark.parametrize("action, writes", [
+    ("s3:PutObject", True), ("s3:DeleteObjectVersion", True), ("s3:*", True), ("*", True), ("s3:P*", True),
+    ("s3:*Object", True), ("S3:putobject", True), ("s3:GetObject", False), ("s3:ListBucket", False),
+    ("s3:Get*", False), ("secretsmanager:PutSecretValue", False), ("logs:PutLogEvents", False)])
+def test_which_actions_write_to_s3(action, writes):
+    from rules import _may_write_s3
+    assert _may_write_s3(action) is writes

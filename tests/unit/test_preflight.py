@@ -668,3 +668,67 @@ def test_command_help(capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     assert "--stack" in out and "--json" in out and "exit codes" in out and "GITEA_STACK_DOCKER_APT_URL" in out
+
+
+# --- restoreFrom: the old stack's bucket and password secret -----------------------------------------
+
+def restore_source(**fields):
+    from gitea_stack.settings import parse_restore_source
+    return parse_restore_source({"bucket": "gitea-stack-old-backups-1", **fields})
+
+
+def old_bucket(session, region: str, with_repository: bool = True) -> None:
+    s3 = session.client("s3", region_name=region)
+    s3.create_bucket(Bucket="gitea-stack-old-backups-1", CreateBucketConfiguration={"LocationConstraint": region})
+    if with_repository:
+        s3.put_object(Bucket="gitea-stack-old-backups-1", Key="restic/config", Body=b"restic")
+
+
+def test_an_old_bucket_with_a_restic_repository_passes(aws):
+    old_bucket(aws, "eu-west-1")
+    source = restore_source(password="p", region="eu-west-1")
+    result = preflight.check_restore_bucket(aws.client("s3", region_name="eu-west-1"), source, "eu-west-1")
+    assert result.status == OK, result
+
+
+@pytest.mark.parametrize("with_bucket", [True, False])
+def test_an_old_bucket_without_a_restic_repository_fails_naming_the_field(aws, with_bucket):
+    if with_bucket:
+        old_bucket(aws, "eu-west-1", with_repository=False)
+    source = restore_source(password="p", region="eu-west-1")
+    result = preflight.check_restore_bucket(aws.client("s3", region_name="eu-west-1"), source, "eu-west-1")
+    assert result.status == FAIL and result.detail.startswith("gitea-stack:restoreFrom.bucket: no restic repository")
+
+
+def test_an_old_bucket_in_another_region_than_configured_fails_naming_the_region(aws):
+    old_bucket(aws, "eu-west-1")
+    source = restore_source(password="p")  # the stack's region is assumed
+    result = preflight.check_restore_bucket(aws.client("s3", region_name=REGION), source, REGION)
+    assert result.status == FAIL and result.detail.startswith("gitea-stack:restoreFrom.region:")
+    assert "is in eu-west-1" in result.detail
+
+
+def test_the_password_secret_is_looked_up_in_its_region(aws):
+    arn = aws.client("secretsmanager", region_name="eu-west-1").create_secret(
+        Name="gitea-stack/old/restic-password-AbCdEf", SecretString="old")["ARN"]
+    found = preflight.check_restore_password_secret(aws.client("secretsmanager", region_name="eu-west-1"),
+                                                    restore_source(passwordSecret=arn))
+    assert found.status == OK
+    missing = arn.replace("AbCdEf", "Gone00")
+    result = preflight.check_restore_password_secret(aws.client("secretsmanager", region_name="eu-west-1"),
+                                                     restore_source(passwordSecret=missing))
+    assert result.status == FAIL and result.detail.startswith("gitea-stack:restoreFrom.passwordSecret: no secret")
+
+
+def test_command_checks_the_restore_source_with_the_password_still_encrypted(project, aws, capsys):
+    # The stack file holds restoreFrom.password as Pulumi wrote it: ciphertext, which preflight never reads.
+    project.write(**{"gitea-stack:restoreFrom": {"bucket": "gitea-stack-old-backups-1", "region": "eu-west-1",
+                                                 "password": {"secure": "v1:AAAABBBBCCCC"}}})
+    status, out, _ = run(capsys, "--stack", "prod", "--project-dir", str(project.directory), "--json")
+    statuses = {check["check"]: check for check in json.loads(out)["checks"]}
+    assert status == 1 and statuses["restore source bucket"]["status"] == FAIL
+    assert "restore source password" not in statuses  # given as a value: no secret to look for
+    old_bucket(aws, "eu-west-1")
+    status, out, _ = run(capsys, "--stack", "prod", "--project-dir", str(project.directory), "--json")
+    statuses = {check["check"]: check for check in json.loads(out)["checks"]}
+    assert status == 0 and statuses["restore source bucket"]["status"] == OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitea_stack.settings import KEY_NAMES, SettingsError, parse_settings
+from gitea_stack.settings import ENCRYPTED_PASSWORD, KEY_NAMES, SettingsError, parse_settings
 from gitea_stack.versions import DEFAULT_IMAGES
 
 MINIMAL = {
@@ -155,6 +155,41 @@ BAD_INPUT = {
     "audit retention not accepted": ({"auditLogRetentionDays": 100}, "auditLogRetentionDays",
                                      "the nearest are 90 and 120"),
     "audit retention zero": ({"auditLogRetentionDays": 0}, "auditLogRetentionDays", "CloudWatch Logs accepts"),
+    "restore not a map": ({"restoreFrom": "gitea-stack-old-backups-1"}, "restoreFrom", "a map {bucket"),
+    "restore unknown field": ({"restoreFrom": {"bucket": "old-backups", "passwordSecret": "x", "prefix": "a"}},
+                              "restoreFrom.prefix", "unknown field"),
+    "restore bucket missing": ({"restoreFrom": {"passwordSecret": "x"}}, "restoreFrom.bucket", "got nothing"),
+    "restore bucket uppercase": ({"restoreFrom": {"bucket": "Old_Backups", "passwordSecret": "x"}},
+                                 "restoreFrom.bucket", "an S3 bucket name"),
+    "restore bucket an IP": ({"restoreFrom": {"bucket": "192.168.5.4", "passwordSecret": "x"}},
+                             "restoreFrom.bucket", "not an IP address"),
+    "restore bucket too long": ({"restoreFrom": {"bucket": "b" * 64, "passwordSecret": "x"}},
+                                "restoreFrom.bucket", "3-63"),
+    "restore bucket reserved suffix": ({"restoreFrom": {"bucket": "old-backups-s3alias", "passwordSecret": "x"}},
+                                       "restoreFrom.bucket", "an S3 bucket name"),
+    "restore no password": ({"restoreFrom": {"bucket": "old-backups"}}, "restoreFrom.passwordSecret", "exactly one of"),
+    "restore both passwords": ({"restoreFrom": {"bucket": "old-backups", "passwordSecret": "x", "password": "y"}},
+                               "restoreFrom.passwordSecret", "exactly one of"),
+    "restore secret not an arn": ({"restoreFrom": {"bucket": "old-backups", "passwordSecret": "gitea-stack/old/restic"}},
+                                  "restoreFrom.passwordSecret", "a Secrets Manager secret ARN"),
+    "restore secret of another service": ({"restoreFrom": {
+        "bucket": "old-backups", "passwordSecret": "arn:aws:ssm:eu-west-1:123456789012:parameter/restic"}},
+        "restoreFrom.passwordSecret", "a Secrets Manager secret ARN"),
+    "restore secret short account": ({"restoreFrom": {
+        "bucket": "old-backups", "passwordSecret": "arn:aws:secretsmanager:eu-west-1:1234:secret:restic-AbCdEf"}},
+        "restoreFrom.passwordSecret", "a Secrets Manager secret ARN"),
+    "restore password empty": ({"restoreFrom": {"bucket": "old-backups", "password": ""}}, "restoreFrom.password",
+                               "non-empty secret config value"),
+    "restore region bad": ({"restoreFrom": {"bucket": "old-backups", "password": "p", "region": "Frankfurt"}},
+                           "restoreFrom.region", "an AWS region name"),
+    "restore with an adopted volume": ({"restoreFrom": {"bucket": "old-backups", "password": "p"}, "adopt": {
+        "dataVolumeId": "vol-0123456789abcdef0", "secretsFromStack": "old"}}, "restoreFrom",
+        "an adopted volume already holds a forge"),
+    "restore from own bucket": ({"restoreFrom": {"bucket": "gitea-stack-prod-backups-20260101abcdef", "password": "p"}},
+                                "restoreFrom.bucket", "this stack's own backup bucket"),
+    "restore from adopted bucket": ({"restoreFrom": {"bucket": "gitea-stack-old-backups-1", "password": "p"},
+                                     "adopt": {"backupBucket": "gitea-stack-old-backups-1"}},
+                                    "restoreFrom.bucket", "writes its own backups to"),
 }
 
 
@@ -188,5 +223,58 @@ def test_every_documented_key_is_known():
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
                   "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays",
-                  "adopt", "snapshotRetentionDays", "backupSchedule"}
+                  "adopt", "snapshotRetentionDays", "backupSchedule", "restoreFrom"}
     assert set(KEY_NAMES) == documented
+
+
+OLD_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gitea-stack/old/restic-password-AbCdEf"
+
+
+def test_no_restore_by_default():
+    assert parse().restore_from is None
+
+
+def test_restore_from_a_password_secret_reads_in_the_arns_region():
+    source = parse(restoreFrom={"bucket": "gitea-stack-old-backups-1", "passwordSecret": OLD_SECRET_ARN}).restore_from
+    assert (source.bucket, source.password_secret_arn, source.password) == (
+        "gitea-stack-old-backups-1", OLD_SECRET_ARN, "")
+    assert source.region == "eu-west-1" and source.region_or("eu-central-1") == "eu-west-1"
+
+
+def test_restore_from_a_password_reads_in_the_stacks_region_unless_told():
+    source = parse(restoreFrom='{"bucket": "gitea-stack-old-backups-1", "password": "old restic password"}').restore_from
+    assert source.password == "old restic password" and source.password_secret_arn == ""
+    assert source.region_or("eu-central-1") == "eu-central-1"
+    told = parse(restoreFrom={"bucket": "gitea-stack-old-backups-1", "password": "p", "region": "us-gov-west-1"})
+    assert told.restore_from.region_or("eu-central-1") == "us-gov-west-1"
+
+
+def test_an_explicit_region_wins_over_the_arns():
+    source = parse(restoreFrom={"bucket": "old-backups", "passwordSecret": OLD_SECRET_ARN, "region": "eu-north-1"})
+    assert source.restore_from.region == "eu-north-1"
+
+
+@pytest.mark.parametrize("arn", [
+    OLD_SECRET_ARN,
+    "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:restic-AbCdEf",
+    "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:a/b_c+d=e.f@g-h",
+])
+def test_secret_arns_of_every_partition(arn):
+    assert parse(restoreFrom={"bucket": "old-backups", "passwordSecret": arn}).restore_from.password_secret_arn == arn
+
+
+def test_the_restore_password_is_never_shown():
+    password = "canary-restic-password-8d1f"
+    settings = parse(restoreFrom={"bucket": "old-backups", "password": password})
+    assert password not in repr(settings)
+    for bad in ({"bucket": "Bad_Bucket", "password": password}, {"bucket": "old-backups", "password": password,
+                                                                 "region": "nowhere"},
+                {"bucket": "old-backups", "password": password, "passwordSecret": "x"},
+                {"bucket": "old-backups", "password": password, "pasword": password}):
+        assert password not in "\n".join(problems_of(restoreFrom=bad))
+
+
+def test_a_password_still_encrypted_in_the_stack_file_is_accepted_outside_the_engine():
+    # preflight and render read the stack file, where a secret config value is ciphertext.
+    source = parse(restoreFrom={"bucket": "old-backups", "password": {"secure": "v1:AAABBB"}}).restore_from
+    assert source.password == ENCRYPTED_PASSWORD
