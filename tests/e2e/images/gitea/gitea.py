@@ -27,6 +27,11 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
                        GET   /api/v1/repos/<owner>/<repo> a repository (a private one for its owner
                                                           and admins only, else 404)
                        GET   /metrics                     with "Authorization: Bearer <[metrics] TOKEN>"
+                       git's smart HTTP at /<owner>/<repo>.git/(info/refs|git-upload-pack|git-receive-pack)
+                                                          through `git http-backend`, as Gitea serves it:
+                                                          clones and fetches of public repositories
+                                                          for anyone, pushes for the owner and admins
+                                                          (basic auth; 401 asks for credentials)
                        GET   /                            a small page naming ROOT_URL
                      With START_SSH_SERVER, SSH_LISTEN_PORT answers with an SSH banner and closes.
   gitea admin user create --username U --email E (--password P | --random-password)
@@ -246,6 +251,8 @@ def public_user(user: dict) -> dict:
 # --- repositories: a row in PostgreSQL and a bare directory on the data volume, as Gitea keeps them ---
 
 REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+# git's smart HTTP: /<owner>/<repo>.git/info/refs, /git-upload-pack, /git-receive-pack.
+GIT_PATH = re.compile(r"/([A-Za-z0-9._-]+)/([A-Za-z0-9._-]+?)\.git(/info/refs|/git-upload-pack|/git-receive-pack)")
 # Gitea's migrations create its tables at the first start; this is the stand-in's one table.
 REPOSITORY_TABLE = """CREATE TABLE IF NOT EXISTS repository (
     id BIGSERIAL PRIMARY KEY,
@@ -591,12 +598,71 @@ class Handler(BaseHTTPRequestHandler):
                 "clone_url": f"{self.root_url()}{full_name}.git",
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created_unix"]))}
 
+    def request_body(self) -> bytes:
+        """The body, also when git sends it in chunks (Transfer-Encoding: chunked)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b""
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()  # the empty line after the last chunk
+        return body
+
+    def serve_git(self) -> None:
+        """git's smart HTTP through `git http-backend` (CGI), pushes only for the owner and admins."""
+        owner, name, _ = GIT_PATH.fullmatch(self.path_only()).groups()
+        query = self.path.partition("?")[2]
+        pushing = "git-receive-pack" in (self.path_only() + query)
+        if not os.path.isdir(repository_path(owner, name)):
+            self.fail(404, "The target couldn't be found.")
+            return
+        remote_user = ""
+        if pushing:
+            with self.state.open() as data:
+                user = self.authenticated_user(data)
+            if user is None or not (user["username"].lower() == owner.lower() or user["is_admin"]):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="Gitea"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            remote_user = user["username"]
+        body = self.request_body() if self.command == "POST" else b""
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_HTTP_EXPORT_ALL": "1",
+            "GIT_PROJECT_ROOT": os.path.join(work_dir(), "git", "repositories"),
+            "PATH_INFO": f"/{owner.lower()}/{name.lower()}.git{self.path_only().split('.git', 1)[1]}",
+            "REQUEST_METHOD": self.command, "QUERY_STRING": query, "REMOTE_USER": remote_user,
+            "REMOTE_ADDR": self.client_address[0], "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)), "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""), "HOME": work_dir()}
+        result = subprocess.run(["git", "http-backend"], input=body, env=environment, capture_output=True,
+                                timeout=300, check=False)
+        head, _, payload = result.stdout.partition(b"\r\n\r\n")
+        if not _:
+            head, _, payload = result.stdout.partition(b"\n\n")
+        headers = [line.split(":", 1) for line in head.decode(errors="replace").splitlines() if ":" in line]
+        status = next((int(value.split()[0]) for key, value in headers if key.lower() == "status"), 200)
+        if result.returncode != 0 and status == 200:
+            self.fail(500, f"git http-backend: {result.stderr.decode(errors='replace').strip()}")
+            return
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in ("status", "content-length"):
+                self.send_header(key, value.strip())
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
         self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path_only()
-        if path == "/api/healthz":
+        if GIT_PATH.fullmatch(path):
+            self.serve_git()
+        elif path == "/api/healthz":
             self.send_json(200, {"status": "pass", "description": "Gitea: Git with a cup of tea",
                                  "checks": {"cache:ping": [{"status": "pass"}], "database:ping": [{"status": "pass"}]}},
                            "application/health+json")
@@ -648,6 +714,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, self.repository_json(repository))
 
     def do_POST(self) -> None:
+        if GIT_PATH.fullmatch(self.path_only()):
+            self.serve_git()
+            return
         if self.path_only() != "/api/v1/user/repos":
             self.fail(404, "Not Found")
             return
