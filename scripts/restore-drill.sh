@@ -176,6 +176,14 @@ if ! flock --nonblock "$backup_lock_fd"; then
 fi
 
 # The latest complete run.
+repository_status=0
+python3 "$SUPPORT" has-repository "$BACKUP_BUCKET" restic || repository_status=$?
+case $repository_status in
+  0) ;;
+  4) fail --exit 4 --advice "check that backups run: systemctl status gitea-stack-backup.timer; journalctl -u gitea-stack-backup.service -n 200" \
+       "the bucket $BACKUP_BUCKET holds no restic repository yet (no backup was ever made); nothing to restore" ;;
+  *) fail "cannot reach the backup bucket $BACKUP_BUCKET; nothing was restored" ;;
+esac
 run_restic cat config >/dev/null \
   || fail --advice "$log_advice; fix what restic names (the bucket, the restic password secret)" \
     "restic cannot open $RESTIC_REPOSITORY (see restic's message above); nothing was restored"
