@@ -85,12 +85,17 @@ $damage
 }
 What to do first: read the check's log on the host:
   journalctl -u gitea-stack-backup-check.service -n 200
-If restic names damaged or missing pack files: make a fresh backup now (the live data is intact,
-so it stores the damaged data again: systemctl start gitea-stack-backup.service), look in the
-bucket's object versions for the damaged pack's previous version (the bucket keeps them for
-backupRetentionDays), and see docs/backup.md and docs/runbooks for repairing the repository
-(restic rebuild-index, restic prune). If the check could not run (bucket, password, lock), fix
-that and run $GITEA_STACK_DIR/scripts/check-backups.sh by hand.
+If restic names damaged or missing pack files (new backups do not store that data again: restic's
+index says it has it), repair the repository:
+  1. put the pack's previous version back if the bucket kept one (versioning keeps overwritten and
+     deleted objects for backupRetentionDays): aws s3api list-object-versions --bucket $BACKUP_BUCKET
+     --prefix restic/data/<first two characters>/<pack id>; copy the last good version over it and
+     run this check again with --subset 100;
+  2. if there is none: delete the damaged pack object, run \`restic rebuild-index\`, then a backup
+     (systemctl start gitea-stack-backup.service): it stores again whatever the live forge still
+     has; forget the snapshots that \`restic check\` still finds incomplete (restic forget <id>).
+docs/runbooks/restore.md restores from a run that is still whole. If the check could not run
+(bucket, password, lock), fix that and run $GITEA_STACK_DIR/scripts/check-backups.sh by hand.
 MAIL
 }
 

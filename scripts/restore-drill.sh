@@ -103,7 +103,7 @@ mail_result() {
   local code=$1 subject summary repositories
   repositories="$repositories_checked checked, ${#failed_repositories[@]} failed${failed_repositories[*]:+: ${failed_repositories[*]}}"
   summary="Backup run:        ${run_id:-none}${run_id:+ (snapshots database ${database_id:0:8}, files ${files_id:0:8})}
-Snapshot age:      $(age_text "$age_s") when the drill started
+Snapshot age:      ${run_id:+$(age_text "$age_s") when the drill started}
 Repositories:      $repositories (git fsck --full)
 Database:          $tables tables, $rows rows in total (pg_restore into $POSTGRES_IMAGE)
 Duration:          $(($(date +%s) - started))s"
