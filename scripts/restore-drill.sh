@@ -129,8 +129,29 @@ MAIL
   fi
 }
 
+# While restic and pg_restore write: the scratch directory's size every PROGRESS_INTERVAL_SECONDS.
+progress_pid=''
+start_progress() {
+  local what=$1 total=$2 interval=${PROGRESS_INTERVAL_SECONDS:-30} size
+  [[ $interval =~ ^[1-9][0-9]*$ ]] || interval=1
+  (
+    while sleep "$interval"; do
+      size=$(du -sb "$scratch" 2>/dev/null | cut -f1) || true
+      log "$what: $((${size:-0} / 1048576)) MiB of about $((total / 1048576)) MiB in $scratch"
+    done
+  ) &
+  progress_pid=$!
+}
+stop_progress() {
+  [ -n "$progress_pid" ] || return 0
+  kill "$progress_pid" 2>/dev/null || true
+  wait "$progress_pid" 2>/dev/null || true
+  progress_pid=''
+}
+
 finish() {
   local code=$?
+  stop_progress
   remove_scratch
   if [ "$recorded" = false ]; then
     if [ "$code" -eq 0 ]; then
@@ -146,6 +167,9 @@ finish() {
   rm -rf "$work"
 }
 trap finish EXIT
+# Stopped (systemctl stop, Ctrl-C): still remove the container and the scratch directory.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # fail [--exit CODE] [--advice TEXT] MESSAGE...
 fail() {
@@ -248,12 +272,14 @@ until in_postgres pg_isready --quiet 2>/dev/null; do
 done
 in_postgres createdb gitea || fail "could not create the database in the scratch PostgreSQL"
 log "restoring the database dump of snapshot ${database_id:0:8} into the scratch PostgreSQL"
+start_progress "restoring the database" "$restore_bytes"
 set +e
 run_restic dump "$database_id" /postgres/gitea.dump \
   | docker exec -i "$CONTAINER" pg_restore --host=127.0.0.1 --port=5432 --username=postgres --dbname=gitea \
     --no-owner --no-privileges --exit-on-error
 statuses=("${PIPESTATUS[@]}")
 set -e
+stop_progress
 if [ "${statuses[0]}" -ne 0 ]; then
   fail --advice "$log_advice; run check-backups.sh --subset 100 to see whether the repository is damaged" \
     "restic could not read the database dump of snapshot $database_id (exit code ${statuses[0]})"
@@ -265,9 +291,11 @@ fi
 
 # The files: every byte of them through restic, then git's own check of every repository.
 log "restoring the files snapshot ${files_id:0:8} into $scratch/files"
+start_progress "restoring the files" "$restore_bytes"
 run_restic restore "$files_id" --target "$scratch/files" >&2 \
   || fail --advice "$log_advice; run check-backups.sh --subset 100 to see whether the repository is damaged" \
     "restic could not restore the files snapshot $files_id"
+stop_progress
 exec {backup_lock_fd}>&-  # restic is done: backups may run again
 
 log "counting the rows of every table"

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,6 +245,7 @@ def test_the_drill_restores_the_latest_run_and_mails_the_result(forge):
     assert not forge.containers and not forge.scratch_left()
     assert not [call for call in calls if call[:1] == ["compose"]], "the drill never touches the forge"
     assert ["rm", "-f", runs[0][runs[0].index("--name") + 1]] in calls
+    assert "MiB of about" in result.stderr  # progress while restic and pg_restore write (every 1 s here)
     assert live_fingerprint(forge) == before
 
 
@@ -259,6 +261,25 @@ def test_the_drill_with_keep_leaves_its_scratch_copy(forge):
         postgres_container_standin.stop_all(forge.root / "containers")
         for scratch in forge.scratch_left():
             shutil.rmtree(scratch)
+
+
+def test_a_stopped_drill_still_removes_its_container_and_scratch_directory(forge):
+    stderr = forge.root / "stopped-drill.err"
+    with stderr.open("w") as err:
+        drill = subprocess.Popen(["bash", str(forge.bundle_dir / "scripts/restore-drill.sh")],
+                                 env=forge.environment(), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: "restoring the database dump" in stderr.read_text() or drill.poll() is not None,
+                   timeout=60, what="the drill restoring the database")
+        assert drill.poll() is None, stderr.read_text()
+        drill.send_signal(signal.SIGTERM)  # what systemctl stop sends
+        assert drill.wait(timeout=120) == 143, stderr.read_text()
+    finally:
+        if drill.poll() is None:
+            drill.kill()
+    assert not forge.containers and not forge.scratch_left(), stderr.read_text()
+    assert json.loads((forge.data_dir / "state/restore-drill-status.json").read_text())["state"] == "failed"
+    assert "restore drill FAILED" in forge.mails()[-1]["subject"]
 
 
 def test_the_drill_refuses_when_the_scratch_filesystem_is_too_small(forge):
