@@ -336,7 +336,7 @@ else
 fi
 log "repositories: $repositories_checked checked, ${#failed_repositories[@]} failed"
 if [ ${#failed_repositories[@]} -gt 0 ]; then
-  fail --advice "run git fsck --full on the live copy of each named repository (docker compose exec gitea git -C /data/git/repositories/<owner>/<name>.git fsck --full); if the live one is sound, make a fresh backup (systemctl start gitea-stack-backup.service): the damage is only in that run; if not, restore the repository from an older run (docs/runbooks)" \
+  fail --advice "run git fsck --full on the live copy of each named repository (cd $GITEA_STACK_DIR && docker compose -p gitea-stack exec gitea git -C /var/lib/gitea/git/repositories/<owner>/<name>.git fsck --full); if the live one is sound, make a fresh backup (systemctl start gitea-stack-backup.service): the damage is only in that run; if not, restore the repository from an older run (docs/runbooks)" \
     "git fsck --full failed on ${#failed_repositories[@]} of $repositories_checked restored repositories:" \
     "${failed_repositories[*]}"
 fi

@@ -212,6 +212,26 @@ def test_the_check_waits_for_a_running_backup(forge):
     assert calls_before.count('"check"') < (forge.root / "restic-calls.jsonl").read_text().count('"check"')
 
 
+def test_a_check_that_cannot_run_fails_and_mails_without_blaming_the_packs(forge):
+    previous = json.loads((forge.data_dir / "state/backup-check-status.json").read_text())
+    password = forge.bundle_dir / "secrets/host/restic-password"
+    right = password.read_text()
+    password.write_text("not-the-password")
+    mails_before = len(forge.mails())
+    try:
+        result = forge.check("--json")
+    finally:
+        password.write_text(right)
+    assert result.returncode == 1
+    assert "wrong password" in result.stderr and "nothing was checked" in result.stderr
+    status = json.loads(result.stdout)
+    assert status["state"] == "failed" and status["last_success"] == previous["last_success"]
+    assert "damaged_packs" not in status
+    mails = forge.mails()[mails_before:]
+    assert len(mails) == 1 and "backup check FAILED: restic cannot open" in mails[0]["subject"]
+    assert "What it means" not in mails[0]["body"] and "What to do first" in mails[0]["body"]
+
+
 def test_the_drill_restores_the_latest_run_and_mails_the_result(forge):
     second = forge.backup("--json")  # the latest complete run is the one drilled
     assert second.returncode == 0, second.stderr
