@@ -91,7 +91,8 @@ index says it has it), repair the repository:
      deleted objects for backupRetentionDays): aws s3api list-object-versions --bucket $BACKUP_BUCKET
      --prefix restic/data/<first two characters>/<pack id>; copy the last good version over it and
      run this check again with --subset 100;
-  2. if there is none: delete the damaged pack object, run \`restic rebuild-index\`, then a backup
+  2. if there is none: delete the damaged pack object, run \`restic repair index\` (restic 0.14:
+     \`restic rebuild-index\`), then a backup
      (systemctl start gitea-stack-backup.service): it stores again whatever the live forge still
      has; forget the snapshots that \`restic check\` still finds incomplete (restic forget <id>).
 docs/runbooks/restore.md restores from a run that is still whole. If the check could not run
@@ -142,14 +143,15 @@ RESTIC_PROGRESS_FPS=$(python3 -c 'import sys; print(1 / max(float(sys.argv[1]), 
   "${PROGRESS_INTERVAL_SECONDS:-30}") \
   run_restic check --read-data-subset "$subset%" 2>&1 | tee "$work/check.log" >&2 || status=$?
 if [ "$status" -ne 0 ]; then
-  damage=$(python3 "$SUPPORT" describe-damage "$work/check.log" "$work/damage.pairs" -- \
-    restic "${restic_options[@]}") || damage="(could not work out which snapshots are affected)"
   pairs=()
-  if [ -f "$work/damage.pairs" ]; then mapfile -t pairs <"$work/damage.pairs"; fi
-  failure="restic check found errors in $RESTIC_REPOSITORY (exit code $status)"
-  if ! grep -qi 'pack' "$work/check.log"; then
+  # restic ends a check that found damage so; any other failure means it could not check.
+  if grep -q 'repository contains errors' "$work/check.log"; then
+    failure="restic check found errors in $RESTIC_REPOSITORY (exit code $status)"
+    damage=$(python3 "$SUPPORT" describe-damage "$work/check.log" "$work/damage.pairs" -- \
+      restic "${restic_options[@]}") || damage="(could not work out which snapshots are affected)"
+    if [ -f "$work/damage.pairs" ]; then mapfile -t pairs <"$work/damage.pairs"; fi
+  else
     failure="restic check could not check $RESTIC_REPOSITORY (exit code $status; see its message above)"
-    damage=''
   fi
   log "error: $failure"
   if [ -n "$damage" ]; then printf '%s\n' "$damage" >&2; fi
