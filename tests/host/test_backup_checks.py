@@ -262,11 +262,30 @@ def test_the_drill_restores_the_latest_run_and_mails_the_result(forge):
     runs = [call for call in calls if call[:1] == ["run"]]
     assert len(runs) == 1 and POSTGRES_IMAGE in runs[0]
     assert runs[0][runs[0].index("--network") + 1] == "none"
+    volume = runs[0][runs[0].index("--volume") + 1]  # PostgreSQL 18's layout, in the scratch directory
+    assert volume.startswith(f"{forge.data_dir}/.restore-drill-{latest['run_id']}/") and volume.endswith(
+        ":/var/lib/postgresql")
     assert not forge.containers and not forge.scratch_left()
     assert not [call for call in calls if call[:1] == ["compose"]], "the drill never touches the forge"
     assert ["rm", "-f", runs[0][runs[0].index("--name") + 1]] in calls
     assert "MiB of about" in result.stderr  # progress while restic and pg_restore write (every 1 s here)
     assert live_fingerprint(forge) == before
+
+
+def test_the_drill_waits_for_a_running_backup(forge):
+    stderr = forge.root / "waiting-drill.err"
+    with open(forge.root / "backup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with stderr.open("w") as err:
+            drill = subprocess.Popen(["bash", str(forge.bundle_dir / "scripts/restore-drill.sh")],
+                                     env=forge.environment(), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_until(lambda: "waiting for it to end" in stderr.read_text(), timeout=30, what="the drill waiting")
+            assert drill.poll() is None and "drilling" not in stderr.read_text()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        assert drill.wait(timeout=300) == 0, stderr.read_text()
+    assert not forge.containers and not forge.scratch_left()
 
 
 def test_the_drill_with_keep_leaves_its_scratch_copy(forge):
