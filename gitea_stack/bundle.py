@@ -62,13 +62,18 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "systemd/gitea-stack-certbot-renew.timer": ("systemd/gitea-stack-certbot-renew.timer.j2", 0o644),
     "systemd/gitea-stack-backup.service": ("systemd/gitea-stack-backup.service.j2", 0o644),
     "systemd/gitea-stack-backup.timer": ("systemd/gitea-stack-backup.timer.j2", 0o644),
+    "systemd/gitea-stack-backup-check.service": ("systemd/gitea-stack-backup-check.service.j2", 0o644),
+    "systemd/gitea-stack-backup-check.timer": ("systemd/gitea-stack-backup-check.timer.j2", 0o644),
+    "systemd/gitea-stack-restore-drill.service": ("systemd/gitea-stack-restore-drill.service.j2", 0o644),
+    "systemd/gitea-stack-restore-drill.timer": ("systemd/gitea-stack-restore-drill.timer.j2", 0o644),
     "systemd/docker.service.d/10-gitea-stack.conf": ("systemd/docker.service.d/10-gitea-stack.conf.j2", 0o644),
     "diun/images.yml": ("diun/images.yml.j2", 0o644),
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
 }
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
-           "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py")
+           "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py",
+           "check-backups.sh", "restore-drill.sh")
 
 
 def diun_labels(service: str) -> str:

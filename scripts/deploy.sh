@@ -368,6 +368,8 @@ install_systemd_units() {
     systemctl daemon-reload
     systemctl enable --now gitea-stack-certbot-renew.timer
     systemctl enable --now gitea-stack-backup.timer
+    systemctl enable --now gitea-stack-backup-check.timer
+    systemctl enable --now gitea-stack-restore-drill.timer
   fi
 }
 

@@ -15,9 +15,11 @@ EXPECTED_FILES = {
     "docker-compose.yml", "settings.env", "nginx/http.conf", "nginx/https.conf", "certbot/cli.ini",
     "systemd/gitea-stack-certbot-renew.service", "systemd/gitea-stack-certbot-renew.timer",
     "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
+    "systemd/gitea-stack-backup-check.service", "systemd/gitea-stack-backup-check.timer",
+    "systemd/gitea-stack-restore-drill.service", "systemd/gitea-stack-restore-drill.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
     "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py", "scripts/send-mail.py",
-    "scripts/restore.sh", "scripts/restore-support.py",
+    "scripts/restore.sh", "scripts/restore-support.py", "scripts/check-backups.sh", "scripts/restore-drill.sh",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
@@ -301,3 +303,21 @@ def test_the_backup_timer_runs_the_backup_script_on_the_configured_schedule():
     assert "\nExecStart=/opt/gitea-stack/scripts/backup.sh\n" in default["systemd/gitea-stack-backup.service"][0]
     nightly = render(parse_settings({**BASE, "backupSchedule": "*-*-* 02:30:00"}, "prod"))
     assert "\nOnCalendar=*-*-* 02:30:00\n" in nightly["systemd/gitea-stack-backup.timer"][0]
+
+
+@pytest.mark.parametrize("unit, script, calendar", [
+    ("gitea-stack-backup-check", "check-backups.sh", "weekly"),
+    ("gitea-stack-restore-drill", "restore-drill.sh", "monthly"),
+])
+def test_the_backup_check_and_the_restore_drill_run_on_their_timers(unit, script, calendar):
+    rendered = render(variant("example"))
+    timer, service = rendered[f"systemd/{unit}.timer"][0], rendered[f"systemd/{unit}.service"][0]
+    assert f"\nOnCalendar={calendar}\n" in timer
+    assert "\nPersistent=true\n" in timer and "\nRandomizedDelaySec=" in timer
+    assert "\nWantedBy=timers.target\n" in timer
+    assert f"\nExecStart=/opt/gitea-stack/scripts/{script}\n" in service
+    # As the backup: the forge comes first.
+    assert "\nType=oneshot\n" in service and "\nNice=10\n" in service and "\nIOSchedulingClass=idle\n" in service
+    assert "\nRequiresMountsFor=/srv/gitea-stack\n" in service
+    deploy = rendered["scripts/deploy.sh"][0]
+    assert f"systemctl enable --now {unit}.timer" in deploy
