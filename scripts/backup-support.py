@@ -13,9 +13,6 @@ Usage: backup-support.py has-repository BUCKET PREFIX
          snapshots). Integer keys: see INTEGER_KEYS. snapshot.<name>=<id> keys become the
          `snapshots` object, table.<name>=<rows> the `table_rows` object (integers), and
          list.<name>=<value> keys (repeated) the list <name>.
-       backup-support.py latest-run
-         reads `restic snapshots --json` on stdin and prints the latest complete run (both its
-         database and files snapshots) as "RUN_ID DATABASE_ID FILES_ID AGE_SECONDS"; exit 4: none
        backup-support.py describe-damage CHECK_LOG PAIRS_FILE -- RESTIC_COMMAND...
          names the pack files `restic check` reported in CHECK_LOG and the snapshots that use them
          (from the repository's index and `restic find`, run as RESTIC_COMMAND); prints the text for
@@ -33,7 +30,6 @@ import os
 import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 NOT_A_REPOSITORY = 4
@@ -133,35 +129,6 @@ def write_status(status_file: str, pairs: list[str]) -> int:
     return 0
 
 
-def restic_time(text: str) -> float:
-    """Seconds since the epoch of restic's RFC 3339 time (nanoseconds and any offset)."""
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
-    if not match:
-        raise ValueError(f"not a restic time: {text!r}")
-    stamp, fraction, offset = match.groups()
-    moment = datetime.fromisoformat(stamp + ("+00:00" if offset == "Z" else offset))
-    return moment.timestamp() + float(f"0.{fraction or 0}")
-
-
-def latest_run() -> int:
-    """The newest run that has both snapshots (a run whose files part failed is not complete)."""
-    runs: dict[str, dict[str, dict]] = {}
-    for snapshot in json.load(sys.stdin) or []:
-        tags = snapshot.get("tags") or []
-        run = next((tag.removeprefix("run:") for tag in tags if tag.startswith("run:")), None)
-        kind = next((tag for tag in tags if tag in ("database", "files")), None)
-        if run and kind and "gitea-stack" in tags:
-            runs.setdefault(run, {})[kind] = snapshot
-    complete = [(max(restic_time(s["time"]) for s in kinds.values()), run, kinds)
-                for run, kinds in runs.items() if {"database", "files"} <= set(kinds)]
-    if not complete:
-        return NOT_A_REPOSITORY
-    _, run, kinds = max(complete)
-    age = int(time.time() - restic_time(kinds["database"]["time"]))
-    print(run, kinds["database"]["id"], kinds["files"]["id"], max(age, 0))
-    return 0
-
-
 def damaged_packs(check_log: str) -> list[str]:
     """The pack ids in `restic check`'s error lines ("pack <id>: ...", "Pack ID does not match, want <id>")."""
     packs: list[str] = []
@@ -252,8 +219,6 @@ def main(argv: list[str]) -> int:
         return write_status(arguments[0], arguments[1:])
     if command == "upload-status" and len(arguments) == 3:
         return upload_status(*arguments)
-    if command == "latest-run" and not arguments:
-        return latest_run()
     if command == "describe-damage" and len(arguments) > 3 and arguments[2] == "--":
         return describe_damage(arguments[0], arguments[1], arguments[3:])
     print(__doc__.strip(), file=sys.stderr)

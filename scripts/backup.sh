@@ -9,8 +9,8 @@
 #             artifacts, SSH host keys, jwt/private.pem, custom/, app.ini), DATA_DIR/state and the
 #             Gitea secret files (secrets/gitea: SECRET_KEY, INTERNAL_TOKEN, ...). Left out, as
 #             Gitea rebuilds them: indexers, repo-archive, sessions and tmp.
-# Then `restic forget --prune`: each kind keeps what is within BACKUP_RETENTION_DAYS of its newest
-# snapshot, and always the last run. The repository is initialised on first use only. Each run
+# Then, once a day (BACKUP_PRUNE_INTERVAL_HOURS, default 24), `restic forget --prune`: each kind
+# keeps what is within BACKUP_RETENTION_DAYS of its newest snapshot, and always the last run. The repository is initialised on first use only. Each run
 # writes a status file and puts the same JSON in the bucket as status/backup.json.
 #
 # Usage: backup.sh [--help] [--json]
@@ -22,7 +22,8 @@
 #   BACKUP_LOCK (default /run/lock/gitea-stack-backup.lock) held so runs never overlap;
 #   BACKUP_STATUS_FILE (default DATA_DIR/state/backup-status.json);
 #   GITEA_STACK_LOCK, LOCK_WAIT_SECONDS: the lock shared with deploy.sh (see lib.sh), waited for;
-#   PROGRESS_INTERVAL_SECONDS (default 30) between progress lines while restic reads.
+#   PROGRESS_INTERVAL_SECONDS (default 30) between progress lines while restic reads;
+#   BACKUP_PRUNE_INTERVAL_HOURS (default 24), BACKUP_PRUNE_STATE (default DATA_DIR/state/backup-last-prune).
 # Exit codes: 0 backed up; 1 a step failed (dump, restic, bucket, retention, status upload): it is
 #   logged and recorded in the status; 2 bad usage; 3 another backup is running: nothing was done.
 set -euo pipefail
@@ -43,6 +44,8 @@ load_env_file "$GITEA_STACK_DIR/stack-facts.env"
 SUPPORT="$GITEA_STACK_DIR/scripts/backup-support.py"
 STATUS_FILE=${BACKUP_STATUS_FILE:-$DATA_DIR/state/backup-status.json}
 STATUS_KEY=status/backup.json
+PRUNE_STATE=${BACKUP_PRUNE_STATE:-$DATA_DIR/state/backup-last-prune}
+PRUNE_INTERVAL_HOURS=${BACKUP_PRUNE_INTERVAL_HOURS:-24}
 SNAPSHOT_HOST=${STACK:-$(hostname)}
 RUN_ID=$(date -u +%Y%m%dT%H%M%S.%NZ)  # unique: a failed run forgets the snapshots tagged with it
 TAGS="gitea-stack,run:$RUN_ID"
@@ -171,13 +174,14 @@ open_repository() {
     4)
       log "no restic repository at $RESTIC_REPOSITORY yet: initialising it"
       run_restic init >&2 || fail "restic could not initialise $RESTIC_REPOSITORY"
+      repository_created=true
       ;;
     *) fail "cannot reach the backup bucket $BACKUP_BUCKET; nothing was backed up" ;;
   esac
-  run_restic cat config >/dev/null \
+  # Opens the repository (a wrong password fails here) and removes the lock a run killed half-way
+  # left in the bucket; no other run holds one now. One restic start, not two: each pays the key's KDF.
+  run_restic unlock >&2 \
     || fail "restic cannot open $RESTIC_REPOSITORY (see restic's message above); nothing was backed up"
-  # A run killed half-way leaves its restic lock in the bucket; no other run holds one now.
-  run_restic unlock >&2 || fail "restic could not remove stale locks from $RESTIC_REPOSITORY"
 }
 
 backup_database() {
@@ -228,19 +232,38 @@ backup_files() {
   log "files: $(summary_field "$work/files.json" data_added) bytes added"
 }
 
+# Retention once a day, not every run: forget and prune read the whole index and rewrite packs, and
+# what they free is days old anyway. PRUNE_STATE records the last one (a new repository starts it).
 apply_retention() {
+  local last now
+  now=$(date +%s)
+  last=$(cat "$PRUNE_STATE" 2>/dev/null || echo 0)
+  if [ "$repository_created" = true ] || [ $((now - ${last:-0})) -lt $((PRUNE_INTERVAL_HOURS * 3600)) ]; then
+    [ "$repository_created" = false ] || echo "$now" >"$PRUNE_STATE"
+    return 0
+  fi
   log "forgetting snapshots older than ${BACKUP_RETENTION_DAYS} days (the last run is always kept), then pruning"
   run_restic forget --prune --host "$SNAPSHOT_HOST" --tag gitea-stack --group-by host,paths \
     --keep-within "${BACKUP_RETENTION_DAYS}d" --keep-last 1 >&2 \
     || fail "this run's snapshots were made, but restic forget --prune failed"
+  echo "$now" >"$PRUNE_STATE"
+}
+
+# "<kind> <id>" of this run's snapshots, from restic's summaries (no extra restic start).
+record_run_snapshots() {
+  local kind
+  for kind in database files; do
+    printf '%s %s\n' "$kind" "$(summary_field "$work/$kind.json" snapshot_id)"
+  done >"$work/snapshots"
 }
 
 partial=''
+repository_created=false
 log "backing up to $RESTIC_REPOSITORY as run:$RUN_ID"
 open_repository
 backup_database
 backup_files
-list_run_snapshots || fail "could not list this run's snapshots"
+record_run_snapshots
 apply_retention
 bytes_added=$(($(summary_field "$work/database.json" data_added) + $(summary_field "$work/files.json" data_added)))
 record_status ok "${partial}backed up in $(($(date +%s) - started))s" "bytes_added=$bytes_added" \

@@ -214,9 +214,10 @@ run_restic cat config >/dev/null \
 run_restic snapshots --json --host "$SNAPSHOT_HOST" --tag gitea-stack >"$work/snapshots.json" \
   || fail "restic could not list the snapshots in $RESTIC_REPOSITORY"
 latest_status=0
-latest=$(python3 "$SUPPORT" latest-run <"$work/snapshots.json") || latest_status=$?
+latest=$(python3 "$GITEA_STACK_DIR/scripts/restore-support.py" pick latest <"$work/snapshots.json") \
+  || latest_status=$?
 case $latest_status in
-  0) read -r run_id database_id files_id age_s <<<"$latest" ;;
+  0) read -r run_id _ database_id files_id age_s <<<"$latest" ;;
   4) fail --exit 4 --advice "check that backups run: systemctl status gitea-stack-backup.timer; journalctl -u gitea-stack-backup.service -n 200" \
        "$RESTIC_REPOSITORY holds no complete backup run (database and files snapshots of host $SNAPSHOT_HOST); nothing to restore" ;;
   *) fail "could not read the snapshot list of $RESTIC_REPOSITORY" ;;

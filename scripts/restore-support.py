@@ -6,9 +6,9 @@ and one files; a run is complete when both are there.
 
 Usage: restore-support.py runs [--json]
          reads `restic snapshots --json` on stdin; prints the runs newest first, one line each
-         (RUN_ID TIME DATABASE_ID FILES_ID COMPLETE), or a JSON list with --json
+         (RUN_ID TIME DATABASE_ID FILES_ID COMPLETE; times in UTC), or a JSON list with --json
        restore-support.py pick RUN
-         reads the same on stdin; prints "RUN_ID TIME DATABASE_ID FILES_ID" of the run named RUN:
+         reads the same on stdin; prints "RUN_ID TIME DATABASE_ID FILES_ID AGE_SECONDS" of the run named RUN:
          `latest` (the newest complete run), a run id, or the id (or its prefix) of one of its snapshots
        restore-support.py meter WHAT
          copies stdin to stdout, logging "WHAT: N MiB so far" on stderr every PROGRESS_INTERVAL_SECONDS
@@ -22,11 +22,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from datetime import datetime, timezone
 
 NO_SUCH_RUN = 4
 INCOMPLETE = 6
+
+
+def restic_time(text: str) -> float:
+    """Seconds since the epoch of restic's RFC 3339 time (nanoseconds and any offset)."""
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if not match:
+        raise ValueError(f"not a restic time: {text!r}")
+    stamp, fraction, offset = match.groups()
+    moment = datetime.fromisoformat(stamp + ("+00:00" if offset == "Z" else offset))
+    return moment.timestamp() + float(f"0.{fraction or 0}")
+
+
+def utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_runs(snapshots: list[dict]) -> list[dict]:
@@ -37,13 +53,15 @@ def read_runs(snapshots: list[dict]) -> list[dict]:
         kind = next((tag for tag in tags if tag in ("database", "files")), None)
         if "gitea-stack" not in tags or run_id is None or kind is None:
             continue
-        run = runs.setdefault(run_id, {"run_id": run_id, "time": snapshot["time"], "host": snapshot.get("hostname"),
-                                       "database": None, "files": None})
+        run = runs.setdefault(run_id, {"run_id": run_id, "started": restic_time(snapshot["time"]),
+                                       "host": snapshot.get("hostname"), "database": None, "files": None})
         run[kind] = snapshot["id"]
-        run["time"] = min(run["time"], snapshot["time"])
+        run["started"] = min(run["started"], restic_time(snapshot["time"]))
     for run in runs.values():
         run["complete"] = bool(run["database"] and run["files"])
-    return sorted(runs.values(), key=lambda run: run["time"], reverse=True)
+        run["time"] = utc(run["started"])
+        run["age_s"] = max(int(time.time() - run.pop("started")), 0)
+    return sorted(runs.values(), key=lambda run: (run["time"], run["run_id"]), reverse=True)
 
 
 def print_runs(runs: list[dict], as_json: bool) -> int:
@@ -51,7 +69,7 @@ def print_runs(runs: list[dict], as_json: bool) -> int:
         print(json.dumps(runs, indent=2))
         return 0
     for run in runs:
-        print(run["run_id"], run["time"][:19] + "Z", run["database"] or "-", run["files"] or "-",
+        print(run["run_id"], run["time"], run["database"] or "-", run["files"] or "-",
               "complete" if run["complete"] else "incomplete")
     return 0
 
@@ -72,7 +90,7 @@ def pick(runs: list[dict], wanted: str) -> int:
             print(f"restore-support: run {found['run_id']} lacks its {'files' if found['database'] else 'database'}"
                   " snapshot (it did not finish); pick another run from --list", file=sys.stderr)
             return INCOMPLETE
-    print(found["run_id"], found["time"][:19] + "Z", found["database"], found["files"])
+    print(found["run_id"], found["time"], found["database"], found["files"], found["age_s"])
     return 0
 
 

@@ -109,7 +109,7 @@ resolve_run() {
       "repository or no access to the bucket); nothing was changed"
   picked=$(python3 "$SUPPORT" pick "$wanted" <<<"$snapshots") || status=$?
   case $status in
-    0) read -r run_id run_time database_snapshot files_snapshot <<<"$picked" ;;
+    0) read -r run_id run_time database_snapshot files_snapshot _ <<<"$picked" ;;
     4) refuse 4 "no run '$wanted' in $RESTIC_REPOSITORY; nothing was changed (restore.sh --list shows its runs)" ;;
     *) die "run '$wanted' cannot be restored (see above); nothing was changed" ;;
   esac
@@ -132,11 +132,17 @@ target_holds_data() {
 # Fails unless the data volume has room for the run's files, the dump twice (the staged database
 # and its indexes) and the margin, before anything is written.
 check_room() {
-  local files_bytes dump_bytes free_bytes needed
-  files_bytes=$(run_restic stats --json --mode restore-size "$files_snapshot" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_size"])') \
-    || die "restic could not size the files snapshot $files_snapshot; nothing was changed"
-  dump_bytes=$(run_restic stats --json --mode restore-size "$database_snapshot" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_size"])') \
-    || die "restic could not size the database snapshot $database_snapshot; nothing was changed"
+  local sizes files_bytes dump_bytes free_bytes needed
+  sizes=$(mktemp -d)
+  # Both sizes at once: each restic start pays the key's KDF.
+  run_restic stats --json --mode restore-size "$files_snapshot" >"$sizes/files" &
+  run_restic stats --json --mode restore-size "$database_snapshot" >"$sizes/database" || true
+  wait $! || true
+  files_bytes=$(restore_size "$sizes/files") \
+    || { rm -rf "$sizes"; die "restic could not size the files snapshot $files_snapshot; nothing was changed"; }
+  dump_bytes=$(restore_size "$sizes/database") \
+    || { rm -rf "$sizes"; die "restic could not size the database snapshot $database_snapshot; nothing was changed"; }
+  rm -rf "$sizes"
   free_bytes=$(($(df --output=avail -B1 "$DATA_DIR" | tail -n 1)))
   needed=$((files_bytes + 2 * dump_bytes + ${RESTORE_SPACE_MARGIN_MIB:-1024} * 1048576))
   if [ "$free_bytes" -lt "$needed" ]; then
@@ -146,11 +152,19 @@ check_room() {
   fi
 }
 
+# The total_size of `restic stats --json --mode restore-size` output in file $1.
+restore_size() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["total_size"])' "$1" 2>/dev/null
+}
+
 # Prints the staging directory's size every PROGRESS_INTERVAL_SECONDS while $1 (a PID) runs.
 report_progress() {
   local pid=$1 what=$2 directory=$3
+  # Ended with TERM when the work is done: its sleep goes too, so no child keeps our output open.
+  trap 'kill "$!" 2>/dev/null; exit 0' TERM
   while kill -0 "$pid" 2>/dev/null; do
-    sleep "${PROGRESS_INTERVAL_SECONDS:-30}"
+    sleep "${PROGRESS_INTERVAL_SECONDS:-30}" &
+    wait "$!"
     if kill -0 "$pid" 2>/dev/null; then
       log "$what: $(du -sm "$directory" 2>/dev/null | cut -f 1) MiB so far"
     fi
@@ -213,6 +227,7 @@ KEPT_DIR="$DATA_DIR/before-restore-$STAMP"
 STAGE_DATABASE=gitea_restore
 swapped=()  # what swap_in_staged changed, for undo_swap
 kept_database=''  # set once the live database was renamed aside
+files_pid=''  # the restic restore staging the files
 gitea_stopped=false
 
 stage_database() {
@@ -317,6 +332,12 @@ undo_swap() {
 finish() {
   local code=$?
   set +e
+  # A restic still staging files when the database failed stops before its directory goes.
+  if [ -n "${files_pid:-}" ] && kill -0 "$files_pid" 2>/dev/null; then
+    pkill -P "$files_pid" 2>/dev/null
+    kill "$files_pid" 2>/dev/null
+    wait "$files_pid" 2>/dev/null
+  fi
   if [ "$code" -ne 0 ] && [ "$mode" = restore ]; then
     if [ ${#swapped[@]} -gt 0 ]; then
       log "putting the live forge back as it was"
@@ -362,7 +383,7 @@ count_tables_and_rows() {
 }
 
 restore_forge() {
-  local started=$SECONDS tables rows repositories
+  local started=$SECONDS tables rows repositories database_status files_status
   hold_lock
   resolve_run
   if target_holds_data && [ "$force" = false ]; then
@@ -373,15 +394,23 @@ restore_forge() {
   stage="$DATA_DIR/.restore-$run_id"
   rm -rf "$stage"
   log "restoring run $run_id ($run_time) from $RESTIC_REPOSITORY"
+  # Files and database are staged side by side: restic writes files while PostgreSQL loads the dump.
   restore_files_into "$stage" --include "$DATA_DIR/gitea" --include "$DATA_DIR/state" \
-    --include "$GITEA_STACK_DIR/secrets/gitea" \
-    || die "restic could not restore the files of run $run_id (see its message above); the live forge is as it was"
+    --include "$GITEA_STACK_DIR/secrets/gitea" &
+  files_pid=$!
+  database_status=0 files_status=0
+  stage_database || database_status=$?
+  wait "$files_pid" || files_status=$?
+  if [ "$files_status" -ne 0 ]; then
+    die "restic could not restore the files of run $run_id (see its message above); the live forge is as it was"
+  fi
   if [ ! -d "$stage$DATA_DIR/gitea" ] || [ ! -d "$stage$DATA_DIR/state" ]; then
     die "run $run_id holds no $DATA_DIR/gitea or $DATA_DIR/state (was it backed up with another DATA_DIR?);" \
       "the live forge is as it was"
   fi
-  stage_database \
-    || die "the database dump of run $run_id could not be restored (see the message above); the live forge is as it was"
+  if [ "$database_status" -ne 0 ]; then
+    die "the database dump of run $run_id could not be restored (see the message above); the live forge is as it was"
+  fi
   if [ -n "$(compose ps --quiet gitea 2>/dev/null)" ]; then
     log "stopping Gitea"
     gitea_stopped=true

@@ -297,7 +297,7 @@ def test_a_backup_is_two_snapshots_of_one_run(forge):
     for snapshot in made:
         assert snapshot["hostname"] == STACK
         assert {"gitea-stack", f"run:{status['run_id']}"} <= set(snapshot["tags"])
-        assert status["snapshots"][kind(snapshot)] == snapshot["id"]
+        assert status["snapshots"][kind(snapshot)] == snapshot["short_id"]
     assert status["bytes_added"] > 1_000_000
     calls = (forge.root / "docker-calls.log").read_text().splitlines()
     assert len(calls) == 1 and "exec -T postgres pg_dump --format=custom --compress=0 --username=postgres gitea" in calls[0]
@@ -435,7 +435,10 @@ def test_retention_forgets_old_snapshots_and_keeps_the_last_run(forge):
     forge.restic("backup", "--stdin", "--stdin-filename", "postgres/gitea.dump", "--host", STACK,
                  "--tag", "gitea-stack,run:old,database", "--time", "2020-01-01 00:00:00", stdin=b"an old dump")
     assert any("run:old" in snapshot["tags"] for snapshot in forge.snapshots())
-    result = forge.backup("--json")
+    # The runs so far were within a day of the repository's creation: none of them pruned.
+    calls = [json.loads(line) for line in (forge.root / "restic-calls.jsonl").read_text().splitlines()]
+    assert len(forge.runs) >= 3 and not any("forget" in call and "--prune" in call for call in calls)
+    result = forge.backup("--json", BACKUP_PRUNE_INTERVAL_HOURS="0")  # a day later
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     remaining = forge.snapshots()

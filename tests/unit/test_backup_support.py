@@ -1,4 +1,5 @@
-"""scripts/backup-support.py's pure parts: the latest complete run, restic's damage messages, status files."""
+"""The pure parts of scripts/backup-support.py (restic's damage messages, status files) and of
+scripts/restore-support.py (the runs in a repository, the latest complete one)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import pytest
 
 from gitea_stack.rendering import SCRIPTS_DIR
 
+_restore_spec = importlib.util.spec_from_file_location("restore_support", SCRIPTS_DIR / "restore-support.py")
+assert _restore_spec and _restore_spec.loader
+runs = importlib.util.module_from_spec(_restore_spec)
+_restore_spec.loader.exec_module(runs)
 _spec = importlib.util.spec_from_file_location("backup_support", SCRIPTS_DIR / "backup-support.py")
 assert _spec and _spec.loader
 support = importlib.util.module_from_spec(_spec)
@@ -26,7 +31,7 @@ def snapshot(run: str, kind: str, when: str, snapshot_id: str | None = None, tag
 
 def latest(monkeypatch, capsys, snapshots) -> tuple[int, str]:
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(snapshots)))
-    code = support.latest_run()
+    code = runs.pick(runs.read_runs(snapshots), "latest")
     return code, capsys.readouterr().out.strip()
 
 
@@ -41,22 +46,22 @@ def test_the_latest_complete_run_is_drilled_and_a_newer_incomplete_one_is_not(mo
         snapshot("d", "files", "2026-11-04T01:00:00Z", tags=()),
     ])
     assert code == 0
-    run, database, files, age = out.split()
-    assert (run, database, files) == ("b", "database-b", "files-b")
-    expected = time.time() - support.restic_time("2026-11-02T00:00:00Z")
+    run, started, database, files, age = out.split()
+    assert (run, started, database, files) == ("b", "2026-11-02T00:00:00Z", "database-b", "files-b")
+    expected = time.time() - runs.restic_time("2026-11-02T00:00:00Z")
     assert abs(int(age) - expected) < 60
 
 
 @pytest.mark.parametrize("snapshots", [[], None, [snapshot("a", "database", "2026-11-01T01:00:00Z")]])
 def test_no_complete_run_is_exit_code_4(monkeypatch, capsys, snapshots):
-    assert latest(monkeypatch, capsys, snapshots) == (4, "")
+    assert latest(monkeypatch, capsys, snapshots)[0] == 4
 
 
 def test_restic_times_keep_nanoseconds_and_offsets():
-    assert support.restic_time("2026-11-02T01:00:00.5+01:00") == support.restic_time("2026-11-02T00:00:00.5Z")
-    assert support.restic_time("2026-11-02T00:00:00.123456789Z") % 1 == pytest.approx(0.123456789, abs=1e-6)
+    assert runs.restic_time("2026-11-02T01:00:00.5+01:00") == runs.restic_time("2026-11-02T00:00:00.5Z")
+    assert runs.restic_time("2026-11-02T00:00:00.123456789Z") % 1 == pytest.approx(0.123456789, abs=1e-6)
     with pytest.raises(ValueError):
-        support.restic_time("yesterday")
+        runs.restic_time("yesterday")
 
 
 def test_damaged_packs_are_read_from_both_of_restics_messages(tmp_path):
