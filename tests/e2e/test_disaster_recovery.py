@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.test_replay import DOMAIN, check_replay, containers, https_get, stack_config
 from tests.harness.pulumi_mocks import run_program
-from tests.harness.replay import SshTarget, remote_steps, stored_secrets
+from tests.harness.replay import SshTarget, remote_steps, replay, stored_secrets
 from tests.harness.testbed import Testbed
 from tests.harness.testbed_images import build_images
 
@@ -152,6 +152,13 @@ def database_checksums(testbed) -> dict[str, str]:
             for table in ("repository", "issue")}
 
 
+def exec_start_of(testbed, unit: str) -> str:
+    """The command systemd runs for `unit`, as the converge installed it."""
+    text = testbed.path(f"/etc/systemd/system/{unit}").read_text()
+    [command] = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")]
+    return command
+
+
 @pytest.fixture(scope="module")
 def stack_a(testbed, images, target, tmp_path_factory):
     """Stack A converged, holding repositories and rows, backed up by its timer's service."""
@@ -170,9 +177,7 @@ def stack_a(testbed, images, target, tmp_path_factory):
     a_facts = facts(testbed)
     testbed.boto3_client("s3").create_bucket(
         Bucket=a_facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": a_facts["AWS_REGION"]})
-    unit = testbed.path("/etc/systemd/system/gitea-stack-backup.service").read_text()
-    [exec_start] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
-    backup = testbed.run(exec_start, check=False)
+    backup = testbed.run(exec_start_of(testbed, "gitea-stack-backup.service"), check=False)
     assert backup.returncode == 0, backup.stderr[-3000:]
     secret_arn = testbed.boto3_client("secretsmanager").describe_secret(
         SecretId=a_facts["SECRET_RESTIC_PASSWORD"])["ARN"]
@@ -182,11 +187,26 @@ def stack_a(testbed, images, target, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack_b(testbed, images, target, stack_a):
     """A's host and volume are gone; stack B restores A's latest backup run on its first converge."""
-    testbed.replace_instance()
-    testbed.replace_data_volume(2048)  # the new stack's own new, empty volume
     restore_from = {"bucket": stack_a["facts"]["BACKUP_BUCKET"], "passwordSecret": stack_a["secret_arn"]}
     run = run_program(stack_config(testbed, images, restoreFrom=json.dumps(restore_from)), stack="dr")
     deploy(testbed, run, STACK_B_SUFFIX)
+    # First with a secret that holds the wrong password, on a new host with an empty volume.
+    wrong = testbed.boto3_client("secretsmanager").create_secret(Name="gitea-stack/old/not-the-password",
+                                                                 SecretString="not-the-password")["ARN"]
+    testbed.replace_instance()
+    testbed.replace_data_volume(2048)
+    wrong_run = run_program(stack_config(testbed, images, restoreFrom=json.dumps(
+        {**restore_from, "passwordSecret": wrong})), stack="dr")
+    failed = replay(wrong_run, target)
+    wrong_password = {"step": failed[-1][0].name, "code": failed[-1][1].returncode,
+                      "output": failed[-1][1].stderr.decode() + failed[-1][1].stdout.decode(),
+                      "containers": containers(testbed),
+                      "volume": sorted(str(path.relative_to(testbed.path("/srv/gitea-stack")))
+                                       for path in testbed.path("/srv/gitea-stack").rglob("*"))}
+    testbed.restore_data_volume()
+    # Then with the right one, on another new host with an empty volume: the RTO of this path.
+    testbed.replace_instance()
+    testbed.replace_data_volume(2048)  # the new stack's own new, empty volume
     started = time.monotonic()
     results = check_replay(run, target)
     status, _, _ = https_get(testbed, "/api/healthz")
@@ -203,8 +223,34 @@ def stack_b(testbed, images, target, stack_a):
         "what": "testbed: from the first remote step of stack B's `pulumi up` (restoreFrom) to /api/healthz 200 "
                 "over HTTPS; no EC2 boot, no image pulls (both add minutes on AWS)"}, indent=2) + "\n")
     print(f"\nDR into a new stack: {rto:.1f}s from B's first step to a healthy forge")
-    yield {"run": run, "facts": b_facts, "rto": rto, "converge": converge_output}
+    yield {"run": run, "facts": b_facts, "rto": rto, "converge": converge_output, "wrong_password": wrong_password}
     testbed.restore_data_volume()
+
+
+def test_stack_a_s_weekly_check_and_monthly_drill_pass_on_its_backup(testbed, stack_a):
+    """As their systemd units run them, on the real dockerd: the drill's scratch PostgreSQL is a
+    container of the stack's own postgres image."""
+    check = testbed.run(exec_start_of(testbed, "gitea-stack-backup-check.service"), check=False)
+    assert check.returncode == 0, check.stderr[-3000:]
+    drill = testbed.run(exec_start_of(testbed, "gitea-stack-restore-drill.service") + " --json", check=False)
+    assert drill.returncode == 0, drill.stderr[-3000:]
+    report = json.loads(drill.stdout)
+    assert report["state"] == "ok" and report["repositories_checked"] == len(REPOSITORIES)
+    assert report["table_rows"]["public.issue"] == ROWS
+    # The scratch container is gone; the forge's own containers still run.
+    names = testbed.run("docker ps --all --format '{{.Names}}'").stdout.split()
+    assert not any("restore-drill" in name for name in names)
+
+
+def test_a_wrong_password_stops_the_new_stacks_converge_before_gitea_starts(stack_b):
+    failed = stack_b["wrong_password"]
+    assert failed["step"] == "provision-converge" and failed["code"] != 0
+    assert "gitea-stack:restoreFrom: could not restore" in failed["output"]
+    assert "wrong password" in failed["output"]
+    assert "gitea" not in failed["containers"]  # Gitea never started
+    # The volume holds no forge: no repositories, no Gitea data, and the restore still pending.
+    assert not any(path.startswith("gitea/data/") for path in failed["volume"]), failed["volume"]
+    assert "state/restore-from.pending" in failed["volume"]
 
 
 def test_the_new_stack_restored_before_gitea_first_started(testbed, stack_b):
