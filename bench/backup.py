@@ -42,13 +42,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gitea_stack.rendering import SCRIPTS_DIR  # noqa: E402
 from tests.harness import dataset  # noqa: E402
 from tests.harness.host_standins import MotoServer  # noqa: E402
-from tests.harness.postgres import postgres_tools, psql_argv, run, start_postgres, stop_postgres  # noqa: E402
+from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres  # noqa: E402
 from tests.harness.tools import require_tool  # noqa: E402
-from tests.host.test_backup import DOMAIN, REGION, make_bundle  # noqa: E402
-from tests.host.test_restore import DOCKER_STANDIN, Forge  # noqa: E402
+from tests.host.test_backup import DOMAIN, REGION  # noqa: E402
+from tests.host.test_restore import Forge, make_forge  # noqa: E402
 from tests.ops.test_backup_restore_dataset import wipe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backup.json"
@@ -66,29 +65,6 @@ def timed(action) -> tuple[float, object]:
 
 
 # --- the forge -------------------------------------------------------------------------------
-
-
-def make_forge(root: Path, data_dir: Path, tools: dict[str, str], sockets: Path, port: int,
-               moto: MotoServer) -> Forge:
-    """The bundle (scripts, settings, secrets) and the `docker` stand-in, as tests/ops makes them."""
-    bundle_dir, bin_dir = root / "opt/gitea-stack", root / "bin"
-    canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
-                "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
-                "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex()}
-    make_bundle(bundle_dir, data_dir, moto.url, canaries)
-    for script in ("restore.sh", "restore-support.py"):
-        shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-    bin_dir.mkdir()
-    for name, text in {
-        "docker": DOCKER_STANDIN.format(python=sys.executable, log=str(root / "docker-calls.jsonl"),
-                                        state=str(root / "gitea-state"), psql=tools["psql"], sockets=str(sockets),
-                                        port=port, server_bin=str(Path(tools["psql"]).parent),
-                                        starts=str(root / "gitea-starts.log")),
-        "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",  # this Python has boto3, as the host's
-    }.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return Forge(root, bundle_dir, data_dir, bin_dir, moto, psql_argv(tools, sockets, port), tools, canaries)
 
 
 def use_bucket(forge: Forge, bucket: str) -> None:
@@ -344,7 +320,7 @@ def main() -> None:
         postgres, sockets, port = start_postgres(root, tools)
         moto = MotoServer(root, REGION).start()
         moto.accept_mail_from(DOMAIN)
-        forge = make_forge(root, data_dir, tools, sockets, port, moto)
+        forge = make_forge(root, data_dir, tools, sockets, port, moto, log_restic=False)  # restic itself, as on the host
         progress("making the dataset: database")
         rows = dataset.create_database(forge.psql)
         forge.sql("CREATE ROLE gitea LOGIN", "postgres")

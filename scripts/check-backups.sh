@@ -122,13 +122,7 @@ fail() {
 use_restic_repository "$BACKUP_BUCKET"
 
 # Never beside a backup: wait for a running one to end (a check that skipped would check nothing).
-lock_file=${BACKUP_LOCK:-/run/lock/gitea-stack-backup.lock}
-exec {backup_lock_fd}>"$lock_file"
-if ! flock --nonblock "$backup_lock_fd"; then
-  log "a backup is running (it holds $lock_file): waiting for it to end"
-  flock --wait "${BACKUP_LOCK_WAIT_SECONDS:-21600}" "$backup_lock_fd" \
-    || fail "a backup held $lock_file for more than ${BACKUP_LOCK_WAIT_SECONDS:-21600}s; nothing was checked"
-fi
+wait_for_backup_lock "nothing was checked"
 
 log "checking $RESTIC_REPOSITORY, reading $subset% of the pack files"
 run_restic cat config >/dev/null \

@@ -23,6 +23,19 @@ hold_lock() {
   export GITEA_STACK_LOCK_HELD=$$
 }
 
+# Waits for a running backup to end and holds its lock (backup_lock_fd) for the rest of the script;
+# $1 names what was not done when it waits longer than BACKUP_LOCK_WAIT_SECONDS (default 6 h): the
+# caller's `fail` (which records and mails the failure) says so.
+wait_for_backup_lock() {
+  local lock_file=${BACKUP_LOCK:-/run/lock/gitea-stack-backup.lock}
+  exec {backup_lock_fd}>"$lock_file"
+  if ! flock --nonblock "$backup_lock_fd"; then
+    log "a backup is running (it holds $lock_file): waiting for it to end"
+    flock --wait "${BACKUP_LOCK_WAIT_SECONDS:-21600}" "$backup_lock_fd" \
+      || fail "a backup held $lock_file for more than ${BACKUP_LOCK_WAIT_SECONDS:-21600}s; $1"
+  fi
+}
+
 # Docker's compose plugin (v2 or later), on this stack's project and compose file.
 compose() {
   docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" \

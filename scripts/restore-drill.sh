@@ -191,13 +191,7 @@ fail() {
 use_restic_repository "$BACKUP_BUCKET"
 
 # No backup (and its prune) beside the restore: wait for a running one, hold its lock while restic reads.
-lock_file=${BACKUP_LOCK:-/run/lock/gitea-stack-backup.lock}
-exec {backup_lock_fd}>"$lock_file"
-if ! flock --nonblock "$backup_lock_fd"; then
-  log "a backup is running (it holds $lock_file): waiting for it to end"
-  flock --wait "${BACKUP_LOCK_WAIT_SECONDS:-21600}" "$backup_lock_fd" \
-    || fail "a backup held $lock_file for more than ${BACKUP_LOCK_WAIT_SECONDS:-21600}s; nothing was restored"
-fi
+wait_for_backup_lock "nothing was restored"
 
 # The latest complete run.
 repository_status=0

@@ -111,7 +111,7 @@ def change_one_percent(psql: list[str], gitea_data: Path, git: str, work: Path) 
     """1 % of the rows added or updated, 1 % more small files, one push. As a forge changes: new
     issues, comments and actions, and edits on the most recent issues (activity clusters on new
     work). Updates spread evenly over a whole table (every 200th row) touch every chunk of its dump
-    instead: such a change adds about 17 % here, which docs/backup.md mentions."""
+    instead (17 % of the full on a database-heavy variant of this dataset; docs/backup.md says so)."""
     run(*psql, "--dbname", "gitea", "-v", "ON_ERROR_STOP=1", "-c", f"""
         INSERT INTO issue (repo_id, poster_id, title, content)
             SELECT 1 + i % {REPOSITORIES_ROWS}, 1 + i % {USERS}, 'new issue ' || md5((i * 41)::text), md5((i * 43)::text)

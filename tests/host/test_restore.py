@@ -28,7 +28,7 @@ from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
 from tests.harness.tools import require_root, require_tool
-from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres
+from tests.harness.postgres import postgres_tools, psql_argv, run, start_postgres, stop_postgres
 from tests.host.test_backup import (ALERT_EMAIL, BUCKET, DOMAIN, REBUILT, REGION, STACK, TABLES, fill_database,
                                     make_bundle, make_data_volume, tree_digests)
 
@@ -85,6 +85,26 @@ for argument in "$@"; do
 done
 exec '{restic}' "$@"
 """
+
+
+def install_standins(root: Path, bin_dir: Path, tools: dict[str, str], sockets: Path, port: int,
+                     log_restic: bool = True) -> None:
+    """`docker` (DOCKER_STANDIN), `python3` (this Python: it has boto3, as the host's) and, with
+    log_restic, the logging `restic` wrapper, in bin_dir; their logs in root."""
+    bin_dir.mkdir()
+    standins = {
+        "docker": DOCKER_STANDIN.format(python=sys.executable, log=str(root / "docker-calls.jsonl"),
+                                        state=str(root / "gitea-state"), psql=tools["psql"], sockets=str(sockets),
+                                        port=port, server_bin=str(Path(tools["psql"]).parent),
+                                        starts=str(root / "gitea-starts.log")),
+        "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",
+    }
+    if log_restic:
+        standins["restic"] = RESTIC_WRAPPER.format(python=sys.executable, log=root / "restic-calls.jsonl",
+                                                   restic=tools["restic"])
+    for name, text in standins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
 
 
 @dataclass
@@ -151,13 +171,28 @@ class Forge:
         return staged + sorted({"gitea_restore"} & self.databases())
 
 
+def make_forge(root: Path, data_dir: Path, tools: dict[str, str], sockets: Path, port: int,
+               moto: MotoServer, log_restic: bool = True) -> Forge:
+    """A forge on the given data volume, PostgreSQL cluster and moto: the bundle (scripts, settings,
+    secret files with canary values) and the stand-ins (the logging restic wrapper with log_restic)."""
+    bundle_dir, bin_dir = root / "opt/gitea-stack", root / "bin"
+    canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
+                "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
+                "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex()}
+    make_bundle(bundle_dir, data_dir, moto.url, canaries)
+    for script in ("restore.sh", "restore-support.py"):
+        shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
+    install_standins(root, bin_dir, tools, sockets, port, log_restic)
+    return Forge(root, bundle_dir, data_dir, bin_dir, moto, psql_argv(tools, sockets, port), tools, canaries)
+
+
+
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user, and the scripts run as root and mount the data volume")
     tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
              "flock": require_tool("flock", "util-linux"), "fallocate": require_tool("fallocate", "util-linux"),
              **postgres_tools()}
-    server_bin = Path(tools["psql"]).parent
     root = Path(tempfile.mkdtemp(prefix="gitea-stack-restore-"))
     root.chmod(0o755)
     postgres = moto = None
@@ -181,18 +216,7 @@ def forge():
         make_bundle(bundle_dir, data_dir, moto.url, canaries)
         for script in ("restore.sh", "restore-support.py"):
             shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-        bin_dir.mkdir()
-        for name, text in {
-            "docker": DOCKER_STANDIN.format(python=sys.executable, log=str(root / "docker-calls.jsonl"),
-                                            state=str(root / "gitea-state"), psql=tools["psql"],
-                                            sockets=str(sockets), port=port, server_bin=str(server_bin),
-                                            starts=str(root / "gitea-starts.log")),
-            "restic": RESTIC_WRAPPER.format(python=sys.executable, log=root / "restic-calls.jsonl",
-                                            restic=tools["restic"]),
-            "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",
-        }.items():
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
+        install_standins(root, bin_dir, tools, sockets, port)
         yield Forge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
     finally:
         if moto:

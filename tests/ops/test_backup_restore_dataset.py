@@ -12,22 +12,19 @@ repository passes `git fsck --full --strict`, and a second backup after a 1 % ch
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness import dataset
 from tests.harness.host_standins import MotoServer
 from tests.harness.postgres import postgres_tools, psql_argv, run, start_postgres, stop_postgres
 from tests.harness.tools import require_root, require_tool
-from tests.host.test_backup import BUCKET, DOMAIN, REGION, make_bundle
-from tests.host.test_restore import DOCKER_STANDIN, RESTIC_WRAPPER, Forge
+from tests.host.test_backup import BUCKET, DOMAIN, REGION
+from tests.host.test_restore import Forge, make_forge
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +34,7 @@ def forge():
              "flock": require_tool("flock", "util-linux"), **postgres_tools()}
     root = Path(tempfile.mkdtemp(prefix="gitea-stack-ops-"))
     root.chmod(0o755)
-    data_dir, bundle_dir, bin_dir = root / "srv/gitea-stack", root / "opt/gitea-stack", root / "bin"
+    data_dir = root / "srv/gitea-stack"
     data_dir.mkdir(parents=True)
     run("mount", "-t", "tmpfs", "-o", "size=600m,mode=0755", "gitea-stack-ops-test", str(data_dir))
     postgres = moto = None
@@ -56,27 +53,8 @@ def forge():
         moto = MotoServer(root, REGION).start()
         moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         moto.accept_mail_from(DOMAIN)
-        canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
-                    "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
-                    "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex()}
-        make_bundle(bundle_dir, data_dir, moto.url, canaries)
-        for script in ("restore.sh", "restore-support.py"):
-            shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-        bin_dir.mkdir()
-        server_bin = Path(tools["psql"]).parent
-        for name, text in {
-            "docker": DOCKER_STANDIN.format(python=sys.executable, log=str(root / "docker-calls.jsonl"),
-                                            state=str(root / "gitea-state"), psql=tools["psql"],
-                                            sockets=str(sockets), port=port, server_bin=str(server_bin),
-                                            starts=str(root / "gitea-starts.log")),
-            "restic": RESTIC_WRAPPER.format(python=sys.executable, log=root / "restic-calls.jsonl",
-                                            restic=tools["restic"]),
-            "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",
-        }.items():
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
         print(f"\ndataset: {rows} rows, {files} files, {len(dataset.repositories(gitea_data))} repositories")
-        yield Forge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
+        yield make_forge(root, data_dir, tools, sockets, port, moto)
     finally:
         if moto:
             moto.stop()
