@@ -20,33 +20,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import test_replay
 from tests.e2e.test_replay import DOMAIN, check_replay, containers, https_get, stack_config
 from tests.harness.pulumi_mocks import run_program
-from tests.harness.replay import SshTarget, remote_steps, replay, stored_secrets
-from tests.harness.testbed import Testbed
-from tests.harness.testbed_images import build_images
+from tests.harness.replay import remote_steps, replay, stored_secrets
 
-CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "dr-rto.json"
 REPOSITORIES = ("website", "infrastructure", "handbook")
 ROWS = 5_000
 
 
-@pytest.fixture(scope="module")
-def testbed():
-    with Testbed() as bed:
-        yield bed
-
-
-@pytest.fixture(scope="module")
-def images(testbed):
-    return build_images(testbed.docker_host, CACHE_DIR, testbed.acme_ca_pem)
-
-
-@pytest.fixture(scope="module")
-def target(testbed) -> SshTarget:
-    return SshTarget(testbed.ssh_host, testbed.ssh_port, testbed.ssh_user, Path(testbed.private_key_path),
-                     Path(testbed.known_hosts_path))
+# test_replay's module fixtures, instantiated for this module: a testbed of its own, the images and
+# the SSH target.
+testbed, images, target = test_replay.testbed, test_replay.images, test_replay.target
 
 
 def facts(testbed) -> dict[str, str]:

@@ -74,7 +74,8 @@ exit 99
 
 RESTIC_WRAPPER = """#!/bin/sh
 # restic for backup.sh: its command line, one JSON line per call, then the real restic.
-'{python}' -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >>'{log}'
+# One write(2) per line to an O_APPEND file: restics run side by side never interleave their lines.
+'{python}' -c 'import json, os, sys; os.write(os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), (json.dumps(sys.argv[2:]) + "\\n").encode())' '{log}' "$@"
 exec '{restic}' "$@"
 """
 

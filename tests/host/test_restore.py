@@ -77,7 +77,8 @@ sys.exit(f"docker stand-in: unexpected call {{args}}")
 RESTIC_WRAPPER = """#!/bin/sh
 # restic for restore.sh: its command line, one JSON line per call; when RESTORE_TEST_FILL is set, a
 # restore first finds the volume all but full (another writer filled it), then the real restic.
-'{python}' -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >>'{log}'
+# One write(2) per line to an O_APPEND file: restics run side by side never interleave their lines.
+'{python}' -c 'import json, os, sys; os.write(os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), (json.dumps(sys.argv[2:]) + "\\n").encode())' '{log}' "$@"
 for argument in "$@"; do
   if [ "$argument" = restore ] && [ -n "${{RESTORE_TEST_FILL:-}}" ]; then
     fallocate -l "$(($(df --output=avail -B1 "$(dirname "$RESTORE_TEST_FILL")" | tail -n 1) - 65536))" "$RESTORE_TEST_FILL"
