@@ -89,6 +89,36 @@ use_restic_repository() {
 }
 run_restic() { restic "${restic_options[@]}" "$@"; }
 
+# Bytes a snapshot ($1) takes restored (`restic stats --mode restore-size`).
+restic_restore_size() {
+  run_restic stats --json --mode restore-size "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_size"])'
+}
+
+# A progress line every PROGRESS_INTERVAL_SECONDS (default 30) while long work writes into a
+# directory: start_progress WHAT DIRECTORY [TOTAL_BYTES], then stop_progress. The reporter ends its
+# own sleep too, so nothing it started keeps the script's output open afterwards.
+progress_pid=''
+start_progress() {
+  local what=$1 directory=$2 total=${3:-} interval=${PROGRESS_INTERVAL_SECONDS:-30} size
+  [[ $interval =~ ^[1-9][0-9]*$ ]] || interval=1
+  (
+    trap 'kill "$!" 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep "$interval" &
+      wait "$!"
+      size=$(du -sb "$directory" 2>/dev/null | cut -f1) || true
+      log "$what: $((${size:-0} / 1048576)) MiB${total:+ of about $((total / 1048576)) MiB} so far in $directory"
+    done
+  ) &
+  progress_pid=$!
+}
+stop_progress() {
+  [ -n "$progress_pid" ] || return 0
+  kill "$progress_pid" 2>/dev/null || true
+  wait "$progress_pid" 2>/dev/null || true
+  progress_pid=''
+}
+
 # Mails SUBJECT ($1) with the body on stdin to ALERT_EMAILS through SES (send-mail.py). A mail that
 # cannot be sent is logged, never fatal: the caller's own failure is what matters.
 send_alert() {

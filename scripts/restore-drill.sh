@@ -129,26 +129,6 @@ MAIL
   fi
 }
 
-# While restic and pg_restore write: the scratch directory's size every PROGRESS_INTERVAL_SECONDS.
-progress_pid=''
-start_progress() {
-  local what=$1 total=$2 interval=${PROGRESS_INTERVAL_SECONDS:-30} size
-  [[ $interval =~ ^[1-9][0-9]*$ ]] || interval=1
-  (
-    while sleep "$interval"; do
-      size=$(du -sb "$scratch" 2>/dev/null | cut -f1) || true
-      log "$what: $((${size:-0} / 1048576)) MiB of about $((total / 1048576)) MiB in $scratch"
-    done
-  ) &
-  progress_pid=$!
-}
-stop_progress() {
-  [ -n "$progress_pid" ] || return 0
-  kill "$progress_pid" 2>/dev/null || true
-  wait "$progress_pid" 2>/dev/null || true
-  progress_pid=''
-}
-
 finish() {
   local code=$?
   stop_progress
@@ -219,11 +199,8 @@ esac
 log "drilling run:$run_id (database ${database_id:0:8}, files ${files_id:0:8}), $(age_text "$age_s") old"
 
 # Room for the restore, and the reserve left over, or no drill at all.
-stats_size() {
-  run_restic stats --json --mode restore-size "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_size"])'
-}
-files_bytes=$(stats_size "$files_id") || fail "restic could not size the files snapshot $files_id"
-dump_bytes=$(stats_size "$database_id") || fail "restic could not size the database snapshot $database_id"
+files_bytes=$(restic_restore_size "$files_id") || fail "restic could not size the files snapshot $files_id"
+dump_bytes=$(restic_restore_size "$database_id") || fail "restic could not size the database snapshot $database_id"
 # A restored database takes more than its dump (indexes are rebuilt, WAL is written): count it thrice.
 restore_bytes=$((files_bytes + 3 * dump_bytes))
 parent=${RESTORE_DRILL_DIR:-$DATA_DIR}
@@ -267,7 +244,7 @@ until in_postgres pg_isready --quiet 2>/dev/null; do
 done
 in_postgres createdb gitea || fail "could not create the database in the scratch PostgreSQL"
 log "restoring the database dump of snapshot ${database_id:0:8} into the scratch PostgreSQL"
-start_progress "restoring the database" "$restore_bytes"
+start_progress "restoring the database" "$scratch" "$restore_bytes"
 set +e
 run_restic dump "$database_id" /postgres/gitea.dump \
   | docker exec -i "$CONTAINER" pg_restore --host=127.0.0.1 --port=5432 --username=postgres --dbname=gitea \
@@ -286,7 +263,7 @@ fi
 
 # The files: every byte of them through restic, then git's own check of every repository.
 log "restoring the files snapshot ${files_id:0:8} into $scratch/files"
-start_progress "restoring the files" "$restore_bytes"
+start_progress "restoring the files" "$scratch" "$restore_bytes"
 run_restic restore "$files_id" --target "$scratch/files" >&2 \
   || fail --advice "$log_advice; run check-backups.sh --subset 100 to see whether the repository is damaged" \
     "restic could not restore the files snapshot $files_id"

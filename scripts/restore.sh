@@ -135,14 +135,13 @@ check_room() {
   local sizes files_bytes dump_bytes free_bytes needed
   sizes=$(mktemp -d)
   # Both sizes at once: each restic start pays the key's KDF.
-  run_restic stats --json --mode restore-size "$files_snapshot" >"$sizes/files" &
-  run_restic stats --json --mode restore-size "$database_snapshot" >"$sizes/database" || true
+  restic_restore_size "$files_snapshot" >"$sizes/files" &
+  restic_restore_size "$database_snapshot" >"$sizes/database" || true
   wait $! || true
-  files_bytes=$(restore_size "$sizes/files") \
-    || { rm -rf "$sizes"; die "restic could not size the files snapshot $files_snapshot; nothing was changed"; }
-  dump_bytes=$(restore_size "$sizes/database") \
-    || { rm -rf "$sizes"; die "restic could not size the database snapshot $database_snapshot; nothing was changed"; }
+  files_bytes=$(<"$sizes/files") dump_bytes=$(<"$sizes/database")
   rm -rf "$sizes"
+  [ -n "$files_bytes" ] || die "restic could not size the files snapshot $files_snapshot; nothing was changed"
+  [ -n "$dump_bytes" ] || die "restic could not size the database snapshot $database_snapshot; nothing was changed"
   free_bytes=$(($(df --output=avail -B1 "$DATA_DIR" | tail -n 1)))
   needed=$((files_bytes + 2 * dump_bytes + ${RESTORE_SPACE_MARGIN_MIB:-1024} * 1048576))
   if [ "$free_bytes" -lt "$needed" ]; then
@@ -152,37 +151,14 @@ check_room() {
   fi
 }
 
-# The total_size of `restic stats --json --mode restore-size` output in file $1.
-restore_size() {
-  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["total_size"])' "$1" 2>/dev/null
-}
-
-# Prints the staging directory's size every PROGRESS_INTERVAL_SECONDS while $1 (a PID) runs.
-report_progress() {
-  local pid=$1 what=$2 directory=$3
-  # Ended with TERM when the work is done: its sleep goes too, so no child keeps our output open.
-  trap 'kill "$!" 2>/dev/null; exit 0' TERM
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep "${PROGRESS_INTERVAL_SECONDS:-30}" &
-    wait "$!"
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$what: $(du -sm "$directory" 2>/dev/null | cut -f 1) MiB so far"
-    fi
-  done
-}
-
 # restic restore of the files snapshot into $1, with progress; $2... more restic arguments.
 restore_files_into() {
-  local target=$1 pid reporter status=0
+  local target=$1 status=0
   shift
   mkdir -p "$target"
-  run_restic restore "$files_snapshot" --target "$target" "$@" >&2 &
-  pid=$!
-  report_progress "$pid" "restoring files of run $run_id into $target" "$target" &
-  reporter=$!
-  wait "$pid" || status=$?
-  kill "$reporter" 2>/dev/null || true
-  wait "$reporter" 2>/dev/null || true
+  start_progress "restoring files of run $run_id" "$target"
+  run_restic restore "$files_snapshot" --target "$target" "$@" >&2 || status=$?
+  stop_progress
   return "$status"
 }
 
