@@ -36,16 +36,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness import dataset  # noqa: E402
-from tests.harness.host_standins import MotoServer  # noqa: E402
-from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres  # noqa: E402
-from tests.harness.tools import require_tool  # noqa: E402
+from tests.harness.forge_host import forge_host  # noqa: E402
+from tests.harness.postgres import run  # noqa: E402
 from tests.host.test_backup import DOMAIN, REGION  # noqa: E402
 from tests.host.test_restore import Forge, make_forge  # noqa: E402
 from tests.ops.test_backup_restore_dataset import wipe  # noqa: E402
@@ -305,32 +303,13 @@ def main() -> None:
         parser.error("--runs must be at least 1")
     if os.geteuid() != 0:
         sys.exit("bench/backup.py must run as root: PostgreSQL runs as the postgres user, the data volume is a tmpfs mount")
-    tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"), **postgres_tools()}
-    restic_version = run(tools["restic"], "version").stdout.strip()
-    root = Path(tempfile.mkdtemp(prefix="gitea-stack-bench-"))
-    root.chmod(0o755)
-    data_dir, work, pristine = root / "srv/gitea-stack", root / "work", root / "pristine"
-    data_dir.mkdir(parents=True)
-    work.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=1200m,mode=0755", "gitea-stack-bench", str(data_dir))
-    postgres = moto = None
-    try:
-        progress(f"PostgreSQL and moto in {root}; data volume: tmpfs at {data_dir}")
-        postgres, sockets, port = start_postgres(root, tools)
-        moto = MotoServer(root, REGION).start()
-        moto.accept_mail_from(DOMAIN)
-        forge = make_forge(root, data_dir, tools, sockets, port, moto, log_restic=False)  # restic itself, as on the host
-        progress("making the dataset: database")
-        rows = dataset.create_database(forge.psql)
-        forge.sql("CREATE ROLE gitea LOGIN", "postgres")
-        forge.sql("ALTER DATABASE gitea OWNER TO gitea", "postgres")
-        progress("making the dataset: files and git repositories")
-        files = dataset.create_files(data_dir / "gitea/data", tools["git"], work)
-        (data_dir / "gitea/config").mkdir()
-        (data_dir / "gitea/config/app.ini").write_text("[server]\nDOMAIN = git.example.com\n")
-        (data_dir / "state").mkdir(mode=0o700)
-        size = {"rows": rows, "files": files, "repositories": len(dataset.repositories(data_dir / "gitea/data")),
+    with forge_host("gitea-stack-bench-", REGION, DOMAIN, tmpfs_mib=1200) as host:
+        restic_version = run(host.tools["restic"], "version").stdout.strip()
+        data_dir, work, pristine = host.data_dir, host.root / "work", host.root / "pristine"
+        progress(f"PostgreSQL and moto in {host.root}; data volume: tmpfs at {data_dir}")
+        forge = make_forge(host, log_restic=False)  # restic itself, as on the host
+        progress("making the dataset: database, files and git repositories")
+        size = {**dataset.create_forge(forge.psql, data_dir, host.tools["git"], work),
                 "files_bytes": sum(path.stat().st_size for path in (data_dir / "gitea").rglob("*") if path.is_file()),
                 "database_bytes": int(forge.sql("SELECT pg_database_size('gitea')", "postgres"))}
         progress(f"dataset: {size}")
@@ -342,13 +321,6 @@ def main() -> None:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwritten: {RESULTS} (total {results['total_s']:.0f} s)")
-    finally:
-        if moto:
-            moto.stop()
-        if postgres:
-            stop_postgres(postgres)
-        subprocess.run(["umount", "--lazy", str(data_dir)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

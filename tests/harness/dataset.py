@@ -7,6 +7,7 @@ foreign keys and a data directory of Gitea's layout, made with the real tools.
 * Gitea's data directory: REPOSITORIES real git repositories of about 5 MB each (made with the
   git client, pushed to bare repositories where Gitea keeps them), >= 1,000 attachments, avatars and LFS objects of
   assorted sizes, and one 50 MB binary (random bytes: nothing to compress);
+* `create_forge` makes all of it below DATA_DIR, as a forge holds it;
 * `change_one_percent` changes 1 % of it (rows updated and added, files added, a push);
 * `database_checksums` / `file_checksums` / `fsck_all` say whether a restore gave it all back.
 """
@@ -18,7 +19,7 @@ import os
 import random
 from pathlib import Path
 
-from tests.harness.postgres import run
+from tests.harness.postgres import give_database_to_gitea, run
 
 USERS, REPOSITORIES_ROWS, ISSUES, COMMENTS, ACTIONS = 2_000, 5_000, 30_000, 45_000, 30_000
 TABLES = ('"user"', "repository", "issue", "comment", "action")
@@ -61,6 +62,19 @@ def create_database(psql: list[str], database: str = "gitea") -> int:
     run(*psql, "--dbname", "postgres", "-c", f"CREATE DATABASE {database}")
     run(*psql, "--dbname", database, "-v", "ON_ERROR_STOP=1", "-c", SCHEMA, timeout=600)
     return USERS + REPOSITORIES_ROWS + ISSUES + COMMENTS + ACTIONS
+
+
+def create_forge(psql: list[str], data_dir: Path, git: str, work: Path) -> dict[str, int]:
+    """The whole dataset as a forge holds it: the database (owned by Gitea's role), Gitea's data and
+    config directories and the state directory below DATA_DIR; its rows, files and repositories."""
+    rows = create_database(psql)
+    give_database_to_gitea(psql)
+    work.mkdir(exist_ok=True)
+    files = create_files(data_dir / "gitea/data", git, work)
+    (data_dir / "gitea/config").mkdir()
+    (data_dir / "gitea/config/app.ini").write_text("[server]\nDOMAIN = git.example.com\n")
+    (data_dir / "state").mkdir(mode=0o700)
+    return {"rows": rows, "files": files, "repositories": len(repositories(data_dir / "gitea/data"))}
 
 
 def create_files(gitea_data: Path, git: str, work: Path, seed: int = 1) -> int:

@@ -77,3 +77,10 @@ def stop_postgres(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             stop_process(process)
+
+
+def give_database_to_gitea(psql: list[str]) -> None:
+    """The `gitea` role and its ownership of the gitea database, as deploy.sh's sync_database_role
+    leaves them (restore.sh restores into a database Gitea's role owns)."""
+    run(*psql, "--dbname", "postgres", "-c", "CREATE ROLE gitea LOGIN")
+    run(*psql, "--dbname", "postgres", "-c", "ALTER DATABASE gitea OWNER TO gitea")

@@ -27,7 +27,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +35,9 @@ import pytest
 from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
-from tests.harness.tools import require_root, require_tool
-from tests.harness.postgres import postgres_tools, run, start_postgres, stop_postgres
+from tests.harness.tools import require_root
+from tests.harness.forge_host import forge_host
+from tests.harness.postgres import run
 
 REGION = "eu-central-1"
 BUCKET = "gitea-stack-test-backups"
@@ -229,26 +229,16 @@ def tree_digests(top: Path) -> dict[str, tuple[str, int]]:
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user and the scripts run as root, as on the host")
-    tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"), **postgres_tools()}
-    # Not below pytest's root-only temporary directory: the postgres user must reach its cluster.
-    root = Path(tempfile.mkdtemp(prefix="gitea-stack-backup-"))
-    root.chmod(0o755)
-    postgres = moto = None
-    try:
-        postgres, sockets, port = start_postgres(root, tools)
-        psql = [tools["psql"], "--host", str(sockets), "--port", str(port), "--username", "postgres", "-q"]
+    with forge_host("gitea-stack-backup-", REGION, DOMAIN, bucket=BUCKET) as host:
+        root, tools, sockets, port, psql = host.root, host.tools, host.sockets, host.port, host.psql
         fill_database(psql)
-        moto = MotoServer(root, REGION).start()
-        moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        moto.accept_mail_from(DOMAIN)
-        data_dir, bundle_dir, bin_dir = root / "srv/gitea-stack", root / "opt/gitea-stack", root / "bin"
+        data_dir, bundle_dir, bin_dir = host.data_dir, root / "opt/gitea-stack", root / "bin"
         make_data_volume(data_dir, tools, root)
         canaries = {"host/restic-password": "restic-" + secrets.token_urlsafe(24),
                     "gitea/gitea-secret-key": "secret-key-" + secrets.token_urlsafe(24),
                     "gitea/gitea-internal-token": "internal-token-" + secrets.token_urlsafe(24),
                     "gitea/postgres-password": "postgres-" + secrets.token_urlsafe(24)}
-        make_bundle(bundle_dir, data_dir, moto.url, canaries)
+        make_bundle(bundle_dir, data_dir, host.moto.url, canaries)
         bin_dir.mkdir()
         for name, text in {
             "docker": DOCKER_STANDIN.format(log=root / "docker-calls.log", pg_dump=tools["pg_dump"],
@@ -259,13 +249,7 @@ def forge():
         }.items():
             (bin_dir / name).write_text(text)
             (bin_dir / name).chmod(0o755)
-        yield Forge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
-    finally:
-        if moto:
-            moto.stop()
-        if postgres:
-            stop_postgres(postgres)
-        shutil.rmtree(root, ignore_errors=True)
+        yield Forge(root, bundle_dir, data_dir, bin_dir, host.moto, psql, tools, canaries)
 
 
 def run_snapshots(forge: Forge, run_id: str) -> list[dict]:

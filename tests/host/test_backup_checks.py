@@ -19,25 +19,24 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gitea_stack.rendering import SCRIPTS_DIR
 from tests.harness import postgres_container_standin
-from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
-from tests.harness.tools import require_root, require_tool
+from tests.harness.tools import require_root
+from tests.harness.forge_host import forge_host
+from tests.harness.postgres import run
 from tests.host.test_backup import (
-    BUCKET, DOCKER_STANDIN, REGION, RESTIC_WRAPPER, STACK, TABLES, Forge, fill_database, make_bundle,
-    make_data_volume, run, start_postgres, stop_postgres, tree_digests,
+    ALERT_EMAIL, BUCKET, DOCKER_STANDIN, DOMAIN, REGION, RESTIC_WRAPPER, STACK, TABLES, Forge, fill_database,
+    make_bundle, make_data_volume, tree_digests,
 )
 from tests.host.test_nginx import wait_until
 
 POSTGRES_IMAGE = "docker.io/library/postgres:18.1-bookworm"
-ALERT_EMAILS = "ops@example.com"
+ALERT_EMAILS = ALERT_EMAIL  # what make_bundle writes to settings.env
 SCRIPTS = ("check-backups.sh", "restore-drill.sh", "restore-support.py", "send-mail.py")
 
 
@@ -57,8 +56,7 @@ class CheckedForge(Forge):
         return self.script("restore-drill.sh", *args, **extra)
 
     def mails(self) -> list[dict]:
-        with urllib.request.urlopen(f"{self.moto.url}/moto-api/data.json", timeout=10) as response:
-            return json.load(response).get("ses", {}).get("Message", [])
+        return self.moto.sent_mails()
 
     def docker_calls(self) -> list[list[str]]:
         log = self.root / "docker-standin-calls.jsonl"
@@ -103,62 +101,42 @@ def make_repository_with_a_missing_object(bare: Path, git: str, root: Path) -> N
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user and the scripts run as root, as on the host")
-    require_tool("pg_ctl", "postgresql")
-    major = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not major:
-        pytest.fail("this test needs PostgreSQL's server (Debian package postgresql); tests/run.sh installs it as root")
-    server_bin = major[-1].parent
-    tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"),
-             **{name: str(server_bin / name) for name in ("initdb", "postgres", "pg_dump", "pg_restore", "psql",
-                                                          "pg_isready", "createdb")}}
-    root = Path(tempfile.mkdtemp(prefix="gitea-stack-checks-"))
-    root.chmod(0o755)
-    postgres = moto = None
-    try:
-        postgres, sockets, port = start_postgres(root, tools)
-        psql = [tools["psql"], "--host", str(sockets), "--port", str(port), "--username", "postgres", "-q"]
-        fill_database(psql)
-        moto = MotoServer(root, REGION).start()
-        moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        moto.client("sesv2").create_email_identity(EmailIdentity="git.example.com")  # the stack's verified domain
-        data_dir, bundle_dir, bin_dir = root / "srv/gitea-stack", root / "opt/gitea-stack", root / "bin"
-        make_data_volume(data_dir, tools, root)
-        canaries = {"host/restic-password": "restic-" + secrets.token_urlsafe(24),
-                    "gitea/gitea-secret-key": "secret-key-" + secrets.token_urlsafe(24),
-                    "gitea/postgres-password": "postgres-" + secrets.token_urlsafe(24)}
-        make_bundle(bundle_dir, data_dir, moto.url, canaries)
-        for script in SCRIPTS:
-            shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-        with (bundle_dir / "settings.env").open("a") as settings:
-            settings.write(f"ALERT_EMAILS={ALERT_EMAILS}\nPOSTGRES_IMAGE={POSTGRES_IMAGE}\nPOSTGRES_MAJOR=18\n")
-        bin_dir.mkdir()
-        (root / "containers").mkdir()
-        (root / "compose-standin").write_text(DOCKER_STANDIN.format(
-            log=root / "docker-calls.log", pg_dump=tools["pg_dump"], socket_dir=sockets, port=port))
-        postgres_container_standin.write_docker_wrapper(bin_dir / "docker", {
-            "log": str(root / "docker-standin-calls.jsonl"), "state_dir": str(root / "containers"),
-            "compose": str(root / "compose-standin"), "image": POSTGRES_IMAGE,
-            "tools": {name: tools[name] for name in ("initdb", "postgres", *postgres_container_standin.CLIENT_TOOLS)}})
-        for name, text in {
-            "restic": RESTIC_WRAPPER.format(python=sys.executable, log=root / "restic-calls.jsonl", restic=tools["restic"]),
-            "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",
-        }.items():
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
-        checked = CheckedForge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
-        first = checked.backup("--json")
-        assert first.returncode == 0, first.stderr
-        checked.first.update(json.loads(first.stdout))
-        yield checked
-    finally:
-        postgres_container_standin.stop_all(root / "containers")
-        if moto:
-            moto.stop()
-        if postgres:
-            stop_postgres(postgres)
-        subprocess.run(["umount", "--quiet", str(root / "small")], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with forge_host("gitea-stack-checks-", REGION, DOMAIN, bucket=BUCKET) as host:
+        root, tools, sockets, port, psql, moto = host.root, host.tools, host.sockets, host.port, host.psql, host.moto
+        try:
+            fill_database(psql)
+            data_dir, bundle_dir, bin_dir = host.data_dir, root / "opt/gitea-stack", root / "bin"
+            make_data_volume(data_dir, tools, root)
+            canaries = {"host/restic-password": "restic-" + secrets.token_urlsafe(24),
+                        "gitea/gitea-secret-key": "secret-key-" + secrets.token_urlsafe(24),
+                        "gitea/postgres-password": "postgres-" + secrets.token_urlsafe(24)}
+            make_bundle(bundle_dir, data_dir, moto.url, canaries)
+            for script in SCRIPTS:
+                shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
+            with (bundle_dir / "settings.env").open("a") as settings:
+                settings.write(f"POSTGRES_IMAGE={POSTGRES_IMAGE}\nPOSTGRES_MAJOR=18\n")  # make_bundle wrote ALERT_EMAILS
+            bin_dir.mkdir()
+            (root / "containers").mkdir()
+            (root / "compose-standin").write_text(DOCKER_STANDIN.format(
+                log=root / "docker-calls.log", pg_dump=tools["pg_dump"], socket_dir=sockets, port=port))
+            postgres_container_standin.write_docker_wrapper(bin_dir / "docker", {
+                "log": str(root / "docker-standin-calls.jsonl"), "state_dir": str(root / "containers"),
+                "compose": str(root / "compose-standin"), "image": POSTGRES_IMAGE,
+                "tools": {name: tools[name] for name in ("initdb", "postgres", *postgres_container_standin.CLIENT_TOOLS)}})
+            for name, text in {
+                "restic": RESTIC_WRAPPER.format(python=sys.executable, log=root / "restic-calls.jsonl", restic=tools["restic"]),
+                "python3": f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n",
+            }.items():
+                (bin_dir / name).write_text(text)
+                (bin_dir / name).chmod(0o755)
+            checked = CheckedForge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
+            first = checked.backup("--json")
+            assert first.returncode == 0, first.stderr
+            checked.first.update(json.loads(first.stdout))
+            yield checked
+        finally:
+            postgres_container_standin.stop_all(root / "containers")
+            subprocess.run(["umount", "--quiet", str(root / "small")], check=False, capture_output=True)
 
 
 @pytest.mark.parametrize("script", ["check-backups.sh", "restore-drill.sh"])

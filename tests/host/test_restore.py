@@ -18,17 +18,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gitea_stack.rendering import SCRIPTS_DIR
-from tests.harness.host_standins import MotoServer
 from tests.harness.secret_scan import scan
 from tests.harness.tools import require_root, require_tool
-from tests.harness.postgres import postgres_tools, psql_argv, run, start_postgres, stop_postgres
+from tests.harness.forge_host import ForgeHost, forge_host
+from tests.harness.postgres import give_database_to_gitea, run
+from tests.host.test_backup import Forge as BackupForge
 from tests.host.test_backup import (ALERT_EMAIL, BUCKET, DOMAIN, REBUILT, REGION, STACK, TABLES, fill_database,
                                     make_bundle, make_data_volume, tree_digests)
 
@@ -108,24 +107,12 @@ def install_standins(root: Path, bin_dir: Path, tools: dict[str, str], sockets: 
         (bin_dir / name).chmod(0o755)
 
 
-@dataclass
-class Forge:
-    root: Path
-    bundle_dir: Path
-    data_dir: Path
-    bin_dir: Path
-    moto: MotoServer
-    psql: list[str]
-    tools: dict[str, str]
-    canaries: dict[str, str]
+class Forge(BackupForge):
+    """test_backup.py's Forge, run with restore.sh's settings and stand-ins."""
 
     def environment(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "GITEA_STACK_DIR": str(self.bundle_dir), "RESTIC_CACHE_DIR": str(self.root / "cache"),
-                "BACKUP_LOCK": str(self.root / "backup.lock"), "GITEA_STACK_LOCK": str(self.root / "stack.lock"),
-                "PROGRESS_INTERVAL_SECONDS": "1", "RESTORE_SPACE_MARGIN_MIB": "0", "HEALTH_TIMEOUT_SECONDS": "20",
-                **extra}
+        return super().environment(**{"PROGRESS_INTERVAL_SECONDS": "1", "RESTORE_SPACE_MARGIN_MIB": "0",
+                                      "HEALTH_TIMEOUT_SECONDS": "20", **extra})
 
     def script(self, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(self.bundle_dir / "scripts" / name), *args],
@@ -134,14 +121,11 @@ class Forge:
     def restore(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         return self.script("restore.sh", *args, **extra)
 
-    def backup(self) -> dict:
+    def backup_status(self) -> dict:
+        """backup.sh --json, which must succeed; its status."""
         result = self.script("backup.sh", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
-
-    def sql(self, query: str, database: str = "gitea") -> str:
-        return subprocess.run([*self.psql, "--dbname", database, "-At", "-c", query],
-                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
     def databases(self) -> set[str]:
         return set(self.sql("SELECT datname FROM pg_database", "postgres").split())
@@ -172,70 +156,41 @@ class Forge:
         return staged + sorted({"gitea_restore"} & self.databases())
 
 
-def make_forge(root: Path, data_dir: Path, tools: dict[str, str], sockets: Path, port: int,
-               moto: MotoServer, log_restic: bool = True) -> Forge:
-    """A forge on the given data volume, PostgreSQL cluster and moto: the bundle (scripts, settings,
-    secret files with canary values) and the stand-ins (the logging restic wrapper with log_restic)."""
-    bundle_dir, bin_dir = root / "opt/gitea-stack", root / "bin"
+def make_forge(host: ForgeHost, log_restic: bool = True, canaries: dict[str, str] | None = None) -> Forge:
+    """A forge on the host's data volume, PostgreSQL cluster and moto: the bundle (scripts, settings,
+    secret files with canary values, and `canaries` too) and the stand-ins (the logging restic
+    wrapper with log_restic)."""
+    bundle_dir, bin_dir = host.root / "opt/gitea-stack", host.root / "bin"
     canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
                 "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
-                "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex()}
-    make_bundle(bundle_dir, data_dir, moto.url, canaries)
+                "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex(), **(canaries or {})}
+    make_bundle(bundle_dir, host.data_dir, host.moto.url, canaries)
     for script in ("restore.sh", "restore-support.py"):
         shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-    install_standins(root, bin_dir, tools, sockets, port, log_restic)
-    return Forge(root, bundle_dir, data_dir, bin_dir, moto, psql_argv(tools, sockets, port), tools, canaries)
-
+    install_standins(host.root, bin_dir, host.tools, host.sockets, host.port, log_restic)
+    return Forge(host.root, bundle_dir, host.data_dir, bin_dir, host.moto, host.psql, host.tools, canaries)
 
 
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user, and the scripts run as root and mount the data volume")
-    tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"), "fallocate": require_tool("fallocate", "util-linux"),
-             **postgres_tools()}
-    root = Path(tempfile.mkdtemp(prefix="gitea-stack-restore-"))
-    root.chmod(0o755)
-    postgres = moto = None
-    data_dir, bundle_dir, bin_dir = root / "srv/gitea-stack", root / "opt/gitea-stack", root / "bin"
-    data_dir.mkdir(parents=True)
-    run("mount", "-t", "tmpfs", "-o", "size=200m,mode=0755", "gitea-stack-restore-test", str(data_dir))
-    try:
-        postgres, sockets, port = start_postgres(root, tools)
-        psql = [tools["psql"], "--host", str(sockets), "--port", str(port), "--username", "postgres", "-q"]
-        fill_database(psql)
-        run(*psql, "--dbname", "postgres", "-c", "CREATE ROLE gitea LOGIN")
-        run(*psql, "--dbname", "postgres", "-c", "ALTER DATABASE gitea OWNER TO gitea")
-        moto = MotoServer(root, REGION).start()
-        moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        moto.accept_mail_from(DOMAIN)
-        make_data_volume(data_dir, tools, root)
-        canaries = {"host/restic-password": "restic-" + os.urandom(12).hex(),
-                    "gitea/gitea-secret-key": "secret-key-" + os.urandom(12).hex(),
-                    "gitea/gitea-internal-token": "internal-token-" + os.urandom(12).hex(),
-                    "gitea/postgres-password": "postgres-" + os.urandom(12).hex()}
-        make_bundle(bundle_dir, data_dir, moto.url, canaries)
-        for script in ("restore.sh", "restore-support.py"):
-            shutil.copy2(SCRIPTS_DIR / script, bundle_dir / "scripts" / script)
-        install_standins(root, bin_dir, tools, sockets, port)
-        yield Forge(root, bundle_dir, data_dir, bin_dir, moto, psql, tools, canaries)
-    finally:
-        if moto:
-            moto.stop()
-        if postgres:
-            stop_postgres(postgres)
-        subprocess.run(["umount", "--lazy", str(data_dir)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    require_tool("fallocate", "util-linux")  # the disk that fills during a restore
+    with forge_host("gitea-stack-restore-", REGION, DOMAIN, bucket=BUCKET, tmpfs_mib=200) as host:
+        fill_database(host.psql)
+        give_database_to_gitea(host.psql)
+        make_data_volume(host.data_dir, host.tools, host.root)
+        forge = make_forge(host, canaries={"gitea/postgres-password": "postgres-" + os.urandom(12).hex()})
+        yield forge
 
 
 @pytest.fixture(scope="module")
 def backed_up(forge):
     """Two runs of backup.sh; the first one's database and files as they were when it ran."""
     first_rows, first_files = forge.table_checksums(), forge.files()
-    first = forge.backup()
+    first = forge.backup_status()
     (forge.data_dir / "gitea/data/attachments/1/2/55555555").write_text("after the first run\n")
     forge.sql("INSERT INTO \"user\" (name, email) VALUES ('second', 'second@example.com')")
-    second = forge.backup()
+    second = forge.backup_status()
     return {"first": first, "first_rows": first_rows, "first_files": first_files, "second": second}
 
 

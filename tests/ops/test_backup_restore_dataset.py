@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from tests.harness import dataset
-from tests.harness.host_standins import MotoServer
-from tests.harness.postgres import postgres_tools, psql_argv, run, start_postgres, stop_postgres
-from tests.harness.tools import require_root, require_tool
+from tests.harness.forge_host import forge_host
+from tests.harness.tools import require_root
 from tests.host.test_backup import BUCKET, DOMAIN, REGION
 from tests.host.test_restore import Forge, make_forge
 
@@ -30,38 +26,10 @@ from tests.host.test_restore import Forge, make_forge
 @pytest.fixture(scope="module")
 def forge():
     require_root("PostgreSQL runs as the postgres user, and the scripts run as root and mount the data volume")
-    tools = {"restic": require_tool("restic", "restic"), "git": require_tool("git", "git"),
-             "flock": require_tool("flock", "util-linux"), **postgres_tools()}
-    root = Path(tempfile.mkdtemp(prefix="gitea-stack-ops-"))
-    root.chmod(0o755)
-    data_dir = root / "srv/gitea-stack"
-    data_dir.mkdir(parents=True)
-    run("mount", "-t", "tmpfs", "-o", "size=600m,mode=0755", "gitea-stack-ops-test", str(data_dir))
-    postgres = moto = None
-    try:
-        postgres, sockets, port = start_postgres(root, tools)
-        psql = psql_argv(tools, sockets, port)
-        rows = dataset.create_database(psql)
-        run(*psql, "--dbname", "postgres", "-c", "CREATE ROLE gitea LOGIN")
-        run(*psql, "--dbname", "postgres", "-c", "ALTER DATABASE gitea OWNER TO gitea")
-        (root / "work").mkdir()
-        gitea_data = data_dir / "gitea/data"
-        files = dataset.create_files(gitea_data, tools["git"], root / "work")
-        (data_dir / "gitea/config").mkdir()
-        (data_dir / "gitea/config/app.ini").write_text("[server]\nDOMAIN = git.example.com\n")
-        (data_dir / "state").mkdir(mode=0o700)
-        moto = MotoServer(root, REGION).start()
-        moto.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        moto.accept_mail_from(DOMAIN)
-        print(f"\ndataset: {rows} rows, {files} files, {len(dataset.repositories(gitea_data))} repositories")
-        yield make_forge(root, data_dir, tools, sockets, port, moto)
-    finally:
-        if moto:
-            moto.stop()
-        if postgres:
-            stop_postgres(postgres)
-        subprocess.run(["umount", "--lazy", str(data_dir)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+    with forge_host("gitea-stack-ops-", REGION, DOMAIN, bucket=BUCKET, tmpfs_mib=600) as host:
+        size = dataset.create_forge(host.psql, host.data_dir, host.tools["git"], host.root / "work")
+        print(f"\ndataset: {size['rows']} rows, {size['files']} files, {size['repositories']} repositories")
+        yield make_forge(host)
 
 
 @pytest.fixture(scope="module")
