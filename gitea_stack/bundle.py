@@ -55,6 +55,7 @@ Bundle = dict[str, tuple[str, int]]
 TEMPLATES: dict[str, tuple[str, int]] = {
     "docker-compose.yml": ("docker-compose.yml.j2", 0o644),
     "settings.env": ("settings.env.j2", 0o644),
+    "images.conf": ("images.conf.j2", 0o644),
     "nginx/http.conf": ("nginx/http.conf.j2", 0o644),
     "nginx/https.conf": ("nginx/https.conf.j2", 0o644),
     "certbot/cli.ini": ("certbot/cli.ini.j2", 0o644),
@@ -66,6 +67,8 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "systemd/gitea-stack-backup-check.timer": ("systemd/gitea-stack-backup-check.timer.j2", 0o644),
     "systemd/gitea-stack-restore-drill.service": ("systemd/gitea-stack-restore-drill.service.j2", 0o644),
     "systemd/gitea-stack-restore-drill.timer": ("systemd/gitea-stack-restore-drill.timer.j2", 0o644),
+    "systemd/gitea-stack-update.service": ("systemd/gitea-stack-update.service.j2", 0o644),
+    "systemd/gitea-stack-update.timer": ("systemd/gitea-stack-update.timer.j2", 0o644),
     "systemd/docker.service.d/10-gitea-stack.conf": ("systemd/docker.service.d/10-gitea-stack.conf.j2", 0o644),
     "diun/images.yml": ("diun/images.yml.j2", 0o644),
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
@@ -73,7 +76,7 @@ TEMPLATES: dict[str, tuple[str, int]] = {
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
            "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py",
-           "check-backups.sh", "restore-drill.sh")
+           "check-backups.sh", "restore-drill.sh", "update.sh", "update-support.py")
 
 
 def diun_labels(service: str) -> str:
@@ -113,6 +116,8 @@ def template_context(settings: Settings, memory_mib: int, layout: HostLayout) ->
         "backup_retention_days": settings.backup_retention_days,
         "memory": memory_limits_mib(memory_mib),
         "diun_labels": diun_labels,
+        "update_policy": UPDATE_POLICY,
+        "include_tags": DIUN_INCLUDE_TAGS,
         "file_watched": [{"image": settings.images[service], "include_tags": DIUN_INCLUDE_TAGS[service],
                           "update_policy": UPDATE_POLICY[service]} for service in FILE_WATCHED_SERVICES],
         "layout": layout,

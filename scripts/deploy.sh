@@ -10,7 +10,9 @@
 # PostgreSQL image of another major version than the data's is refused too. A changed acmeServer
 # gets a certificate from the new ACME server. A grown data volume gets its filesystem grown first.
 # With restoreFrom (RESTORE_FROM_* in stack-facts.env), a data volume that holds no forge yet gets
-# the old stack's latest backup run (restore.sh) before Gitea first starts.
+# the old stack's latest backup run (restore.sh) before Gitea first starts. A running service whose
+# image the stack config changed is updated through update.sh (backup, health check, rollback): if
+# the new image is not healthy, the service is rolled back and the converge fails.
 #
 # Usage: deploy.sh [--help] [--check]
 #   --check  only the checks that refuse a converge, changing nothing (the PostgreSQL major, the
@@ -23,7 +25,7 @@
 # Exit codes: 0 converged and healthy (--check: the converge may go ahead); 1 a step failed or the
 #             converge was refused: it is logged, and what runs keeps running; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,24s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,26s/^# \{0,1\}//p' "$0"; }
 mode=converge
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
@@ -370,6 +372,7 @@ install_systemd_units() {
     systemctl enable --now gitea-stack-backup.timer
     systemctl enable --now gitea-stack-backup-check.timer
     systemctl enable --now gitea-stack-restore-drill.timer
+    systemctl enable --now gitea-stack-update.timer
   fi
 }
 
@@ -377,6 +380,52 @@ install_systemd_units() {
 protect_app_ini() {
   local app_ini="$DATA_DIR/gitea/config/app.ini"
   if [ -f "$app_ini" ]; then chmod 0600 "$app_ini"; fi
+}
+
+# An image update.sh applied on this host stays until the stack config names the same tag or a
+# newer one: the config's tag is a floor, and a newer release applied here (Gitea's migrated
+# database cannot go back) is never undone by a converge.
+reconcile_applied_images() {
+  local service applied configured newest
+  while read -r service applied; do
+    [ -n "$service" ] || continue
+    configured=$(configured_image "$service")
+    newest=$(printf '%s\n' "$(tag_of "$applied")" "$(tag_of "$configured")" | sort -V | tail -n 1)
+    if [ -z "$configured" ] || [ "$newest" = "$(tag_of "$configured")" ]; then
+      set_applied_image "$service" ""
+    else
+      log "warning: $service runs $applied (applied on this host by update.sh), newer than the stack config's" \
+        "$configured; it keeps running it. Put $(tag_of "$applied") in gitea-stack:images to make the config say so"
+    fi
+  done < <(cat "$DATA_DIR/state/images.conf" 2>/dev/null || true)
+  write_image_overrides
+}
+
+# A running service whose image is not the one compose would now give it (a new tag in the stack
+# config) goes through update.sh: a backup first, then recreate, health check, and a rollback to
+# what ran (for gitea with its database) if the new image is not healthy. Then the converge fails.
+update_changed_images() {
+  local service container running wanted code
+  for service in "$@"; do
+    container=$(compose ps --quiet "$service")
+    [ -n "$container" ] || continue
+    running=$(docker inspect --format '{{.Config.Image}}' "$container")
+    wanted=$(effective_image "$service")
+    [ "$running" != "$wanted" ] || continue
+    log "$service runs $running and the stack config names $wanted: updating it through update.sh"
+    code=0
+    "$GITEA_STACK_DIR/scripts/update.sh" --yes --image "$wanted" "$service" || code=$?
+    case $code in
+      0) ;;
+      1) die "$wanted was not healthy as $service; update.sh rolled $service back to $running, which serves" \
+        "again (the log above and the mail say why). Nothing else was changed. Set the $service entry of" \
+        "gitea-stack:images back or to a fixed release, then run pulumi up again" ;;
+      6) die "$wanted was not healthy as $service and the rollback to $running failed too: $service is down." \
+        "See docs/runbooks/update.md (\"Failed update\") first" ;;
+      *) die "update.sh did not update $service to $wanted (exit code $code; the log above says why);" \
+        "$service keeps running $running" ;;
+    esac
+  done
 }
 
 # Fetched secrets are staged in a private directory that goes away however the script ends.
@@ -399,12 +448,15 @@ mark_a_pending_restore
 install_secrets
 enable_nginx_configs
 install_systemd_units
+reconcile_applied_images
 pull_missing_images
+update_changed_images postgres
 # The database first: Gitea may only connect once its role has the current password.
 compose up --detach postgres >/dev/null
 wait_until_healthy postgres
 sync_database_role
 restore_from_old_stack
+update_changed_images gitea nginx docker-socket-proxy diun
 gitea_before=$(compose ps --quiet gitea)
 # Compose recreates exactly the services whose definition (secret digests included) changed; the
 # rest keep running.

@@ -16,10 +16,13 @@ die() {
 # run at the same time. Waits up to LOCK_WAIT_SECONDS (default 600).
 # A script run by one that holds it (GITEA_STACK_LOCK_HELD, exported here) goes on without waiting.
 hold_lock() {
-  local lock_file=${GITEA_STACK_LOCK:-/run/lock/gitea-stack.lock}
+  try_lock "${LOCK_WAIT_SECONDS:-600}" || die "another gitea-stack job holds ${GITEA_STACK_LOCK:-/run/lock/gitea-stack.lock}"
+}
+# hold_lock's lock, waiting up to $1 seconds (0: not at all); returns 1 when another job holds it.
+try_lock() {
   [ -z "${GITEA_STACK_LOCK_HELD:-}" ] || return 0
-  exec {lock_fd}>"$lock_file"
-  flock --wait "${LOCK_WAIT_SECONDS:-600}" "$lock_fd" || die "another gitea-stack job holds $lock_file"
+  exec {lock_fd}>"${GITEA_STACK_LOCK:-/run/lock/gitea-stack.lock}"
+  flock --wait "$1" "$lock_fd" || return 1
   export GITEA_STACK_LOCK_HELD=$$
 }
 
@@ -36,10 +39,58 @@ wait_for_backup_lock() {
   fi
 }
 
-# Docker's compose plugin (v2 or later), on this stack's project and compose file.
+# Docker's compose plugin (v2 or later), on this stack's project and compose file, with the images
+# update.sh applied on this host (runtime/images.yml, see write_image_overrides) when there are any.
 compose() {
-  docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" \
-    --file "$GITEA_STACK_DIR/docker-compose.yml" "$@"
+  local files=(--file "$GITEA_STACK_DIR/docker-compose.yml")
+  if [ -s "$GITEA_STACK_DIR/runtime/images.yml" ]; then files+=(--file "$GITEA_STACK_DIR/runtime/images.yml"); fi
+  docker compose --project-name gitea-stack --project-directory "$GITEA_STACK_DIR" "${files[@]}" "$@"
+}
+
+# images.conf (rendered from the stack config) has a line `service image policy include-tags` per
+# service; DATA_DIR/state/images.conf (`service image`) the images update.sh applied on this host
+# that differ from it: on the data volume, so a new instance runs what the data was last used with.
+configured_image() { awk -v service="$1" '$1 == service { print $2 }' "$GITEA_STACK_DIR/images.conf"; }
+applied_image() { awk -v service="$1" '$1 == service { print $2 }' "$DATA_DIR/state/images.conf" 2>/dev/null || true; }
+# What compose runs for the service: the image applied on this host, else the configured one.
+effective_image() {
+  local applied
+  applied=$(applied_image "$1")
+  if [ -n "$applied" ]; then echo "$applied"; else configured_image "$1"; fi
+}
+# An image reference's repository (without tag or digest) and tag; a registry's port is not a tag.
+repository_of() {
+  local name=${1%%@*}
+  if [[ ${name##*/} == *:* ]]; then echo "${name%:*}"; else echo "$name"; fi
+}
+tag_of() {
+  local name=${1%%@*}
+  if [[ ${name##*/} == *:* ]]; then echo "${name##*:}"; fi
+}
+# Records IMAGE ($2) as applied on this host for SERVICE ($1) (none: the configured image again),
+# then writes runtime/images.yml, the compose override that makes compose run it.
+set_applied_image() {
+  local state=$DATA_DIR/state/images.conf kept
+  kept=$(awk -v service="$1" '$1 != service' "$state" 2>/dev/null || true)
+  { [ -z "$kept" ] || printf '%s\n' "$kept"
+    if [ -n "${2:-}" ] && [ "$2" != "$(configured_image "$1")" ]; then printf '%s %s\n' "$1" "$2"; fi
+  } >"$state.new"
+  mv "$state.new" "$state"
+  write_image_overrides
+}
+write_image_overrides() {
+  local override=$GITEA_STACK_DIR/runtime/images.yml service image
+  install -d -m 0755 "$GITEA_STACK_DIR/runtime"
+  if [ ! -s "$DATA_DIR/state/images.conf" ]; then rm -f "$override"; return 0; fi
+  {
+    echo "# Written by update.sh from $DATA_DIR/state/images.conf: images applied on this host that"
+    echo "# differ from the stack config's (gitea-stack:images)."
+    echo "services:"
+    while read -r service image; do
+      [ -n "$service" ] && printf '  %s:\n    image: %s\n' "$service" "$image"
+    done <"$DATA_DIR/state/images.conf"
+  } >"$override.new"
+  mv "$override.new" "$override"
 }
 
 # healthy, running, another state of the service's container, or missing.
@@ -50,19 +101,25 @@ service_state() {
   docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container"
 }
 
-# Waits until each named service is healthy (or running, if it has no healthcheck).
-wait_until_healthy() {
-  local deadline=$((SECONDS + ${HEALTH_TIMEOUT_SECONDS:-600})) service state waiting
+# Waits up to $1 seconds until each further named service is healthy (or running, if it has no
+# healthcheck); returns 1 when the time is up, with the others and their states in
+# unhealthy_services.
+healthy_within() {
+  local deadline=$((SECONDS + $1)) service state
+  shift
   while :; do
-    waiting=()
+    unhealthy_services=()
     for service in "$@"; do
       state=$(service_state "$service")
-      [ "$state" = healthy ] || [ "$state" = running ] || waiting+=("$service=$state")
+      [ "$state" = healthy ] || [ "$state" = running ] || unhealthy_services+=("$service=$state")
     done
-    [ ${#waiting[@]} -eq 0 ] && return 0
-    if [ "$SECONDS" -ge "$deadline" ]; then die "not healthy in time: ${waiting[*]}"; fi
-    sleep 3
+    [ ${#unhealthy_services[@]} -eq 0 ] && return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then return 1; fi
+    sleep "${HEALTH_POLL_SECONDS:-3}"
   done
+}
+wait_until_healthy() {
+  healthy_within "${HEALTH_TIMEOUT_SECONDS:-600}" "$@" || die "not healthy in time: ${unhealthy_services[*]}"
 }
 
 # Loads KEY=value lines (no shell evaluation) from a file into the environment.

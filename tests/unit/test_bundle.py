@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jinja2
 import pytest
 import yaml
@@ -9,6 +11,7 @@ import yaml
 from gitea_stack import bundle as bundle_module
 from gitea_stack.bundle import PRODUCTION, HostLayout, bundle_digest
 from gitea_stack.cli import main as cli_main
+from gitea_stack.versions import DEFAULT_IMAGES, UPDATE_POLICY, image_tag
 from tests.harness.bundles import VARIANTS, render, variant
 
 EXPECTED_FILES = {
@@ -21,6 +24,8 @@ EXPECTED_FILES = {
     "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py", "scripts/send-mail.py",
     "scripts/restore.sh", "scripts/restore-support.py", "scripts/check-backups.sh", "scripts/restore-drill.sh",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
+    "images.conf", "scripts/update.sh", "scripts/update-support.py",
+    "systemd/gitea-stack-update.service", "systemd/gitea-stack-update.timer",
 }
 
 
@@ -321,3 +326,18 @@ def test_the_backup_check_and_the_restore_drill_run_on_their_timers(unit, script
     assert "\nRequiresMountsFor=/srv/gitea-stack\n" in service
     deploy = rendered["scripts/deploy.sh"][0]
     assert f"systemctl enable --now {unit}.timer" in deploy
+
+
+def test_images_conf_names_each_service_s_image_policy_and_update_line_for_bash():
+    settings = variant("example")
+    lines = [line.split() for line in render(settings)["images.conf"][0].splitlines()
+             if line and not line.startswith("#")]
+    by_service = {fields[0]: fields[1:] for fields in lines}
+    assert set(by_service) == set(settings.images)
+    for service, (image, policy, update_line) in by_service.items():
+        assert image == settings.images[service]
+        assert policy == UPDATE_POLICY[service]
+        # bash's =~ is POSIX ERE, which has no \\d.
+        assert "\\d" not in update_line
+        assert re.fullmatch(update_line, image_tag(DEFAULT_IMAGES[service])), (service, update_line)
+    assert by_service["gitea"][1] == "manual" and by_service["nginx"][1] == "auto"
