@@ -114,25 +114,36 @@ refuse_a_changed_secret_key() {
 # PostgreSQL's files work only with the major version that wrote them, and an image of another major
 # would not even look at them: from 18 on, each major keeps PGDATA in a directory of its own
 # (postgres/<major>/docker; up to 17: postgres/data) and would start an empty cluster beside them.
+# A newer major than the data's, while the old one runs, is an upgrade: update.sh dumps the
+# database and restores it into a new cluster of the new major (update_changed_images below).
 refuse_another_postgres_major() {
-  local file major found=()
-  for file in "$DATA_DIR"/postgres/*/docker/PG_VERSION "$DATA_DIR/postgres/data/PG_VERSION"; do
-    if [ -f "$file" ]; then found+=("$(tr -d '[:space:]' <"$file")"); fi
-  done
-  [ ${#found[@]} -gt 0 ] || return 0  # a new forge: the image creates its cluster
-  for major in "${found[@]}"; do
+  local major found
+  found=$(postgres_data_majors | paste -s -d / -)
+  [ -n "$found" ] || return 0  # a new forge: the image creates its cluster
+  for major in ${found//\// }; do
     if [ "$major" = "${POSTGRES_MAJOR:-}" ]; then return 0; fi
   done
-  major=$(printf '%s\n' "${found[@]}" | sort -u -n | paste -s -d / -)
+  major=$found
   if [ -z "${POSTGRES_MAJOR:-}" ]; then
     die "the configured PostgreSQL image $POSTGRES_IMAGE names no major version in its tag, and the data" \
       "volume holds PostgreSQL $major data; nothing was changed. Give the postgres entry of" \
       "gitea-stack:images a $major.x tag, then run pulumi up again"
   fi
+  if [[ $major =~ ^[0-9]+$ ]] && [ "$major" -lt "$POSTGRES_MAJOR" ]; then
+    if [ -n "$(docker ps --quiet --filter label=com.docker.compose.project=gitea-stack \
+      --filter label=com.docker.compose.service=postgres)" ]; then
+      log "the data volume holds PostgreSQL $major data: it is upgraded to $POSTGRES_MAJOR by a dump and restore" \
+        "into a new cluster (update.sh), keeping the old one until the new one is healthy"
+      return 0
+    fi
+    die "the data volume holds PostgreSQL $major data and the configured image $POSTGRES_IMAGE is PostgreSQL" \
+      "$POSTGRES_MAJOR, but no PostgreSQL runs to dump the data from; nothing was changed. Set the postgres" \
+      "entry of gitea-stack:images back to the $major.x tag the data was last used with and run pulumi up, then" \
+      "set the new tag and run pulumi up again (docs/runbooks/update.md, \"PostgreSQL major upgrade\")"
+  fi
   die "the data volume holds PostgreSQL $major data, but the configured image $POSTGRES_IMAGE is PostgreSQL" \
-    "$POSTGRES_MAJOR; nothing was changed. A major upgrade needs a dump and restore, which this version of" \
-    "gitea-stack does not do: set the postgres entry of gitea-stack:images back to a $major.x tag, then run" \
-    "pulumi up again"
+    "$POSTGRES_MAJOR, an older major, which cannot read it; nothing was changed. Set the postgres entry of" \
+    "gitea-stack:images back to a $major.x tag (or newer), then run pulumi up again"
 }
 
 # Fetches every secret into a private staging directory below $1; nothing is installed yet.
@@ -234,16 +245,15 @@ enable_nginx_configs() {
   done
 }
 
-# Pulls only when an image is not on the host yet: a converge with nothing new needs no registry.
+# Pulls only the images not on the host yet: a converge with nothing new needs no registry, and the
+# tags of running images do not move (a rebuilt image of a running tag is update.sh's to apply).
 pull_missing_images() {
-  local image missing=()
+  local image
   while read -r image; do
-    docker image inspect "$image" >/dev/null 2>&1 || missing+=("$image")
+    if docker image inspect "$image" >/dev/null 2>&1; then continue; fi
+    log "pulling $image"
+    docker pull --quiet "$image" >/dev/null || die "could not pull $image (does the tag exist? does the host reach its registry?)"
   done < <(compose --profile tools config --images | sort -u)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "pulling ${missing[*]}"
-    compose --profile tools pull --quiet || die "could not pull ${missing[*]}"
-  fi
 }
 
 reload_nginx() {
@@ -257,21 +267,10 @@ quoted() {
   printf '"%s"' "${value//\"/\\\"}"
 }
 
-# Gitea's `gitea` role: owner of the database, no superuser, the password of the stack's secret
-# (set on every converge, so a rotated secret or a cluster restored elsewhere always matches).
-# The cluster's superuser keeps no password: it logs in through the container's local socket only.
+# The database role (lib.sh's set_database_role), set on every converge, so a rotated secret or a
+# cluster restored elsewhere always matches.
 sync_database_role() {
-  local password
-  password=$(<"$GITEA_STACK_DIR/secrets/postgres/postgres-password")
-  password=${password//"'"/"''"}  # an SQL string literal
-  # The SQL goes in on stdin; no statement with the password reaches the server log, even on error.
-  printf '%s\n' 'SET log_min_error_statement = panic;' "SET log_statement = 'none';" \
-    "SELECT 'CREATE ROLE gitea' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gitea') \\gexec" \
-    "ALTER ROLE gitea WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$password';" \
-    'ALTER DATABASE gitea OWNER TO gitea;' \
-    'ALTER ROLE postgres PASSWORD NULL;' \
-    | compose exec -T postgres psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres \
-    >/dev/null && return 0
+  set_database_role && return 0
   if [ "$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=gitea --dbname=gitea \
     --command='SELECT rolname FROM pg_roles WHERE oid = 10' 2>/dev/null)" = gitea ]; then
     die "the database cluster was created with gitea as its superuser (gitea-stack before 0.2), which" \

@@ -67,6 +67,21 @@ tag_of() {
   local name=${1%%@*}
   if [[ ${name##*/} == *:* ]]; then echo "${name##*:}"; fi
 }
+# A PostgreSQL image of another major than the stack config's (one a failed major upgrade went back
+# to) needs the data mount its major expects; compose merges mounts by their target.
+postgres_volume_override() {
+  local major
+  [ "$1" = postgres ] || return 0
+  major=$(tag_of "$2")
+  major=${major%%[!0-9]*}
+  if [ -z "$major" ] || [ "$major" = "${POSTGRES_MAJOR:-}" ]; then return 0; fi
+  if [ "$major" -lt 18 ]; then
+    printf '    volumes:\n      - %s/postgres/data:/var/lib/postgresql/data\n' "$DATA_DIR"
+  else
+    printf '    volumes:\n      - %s/postgres:/var/lib/postgresql\n' "$DATA_DIR"
+  fi
+}
+
 # Records IMAGE ($2) as applied on this host for SERVICE ($1) (none: the configured image again),
 # then writes runtime/images.yml, the compose override that makes compose run it.
 set_applied_image() {
@@ -87,7 +102,9 @@ write_image_overrides() {
     echo "# differ from the stack config's (gitea-stack:images)."
     echo "services:"
     while read -r service image; do
-      [ -n "$service" ] && printf '  %s:\n    image: %s\n' "$service" "$image"
+      [ -n "$service" ] || continue
+      printf '  %s:\n    image: %s\n' "$service" "$image"
+      postgres_volume_override "$service" "$image"
     done <"$DATA_DIR/state/images.conf"
   } >"$override.new"
   mv "$override.new" "$override"
@@ -120,6 +137,35 @@ healthy_within() {
 }
 wait_until_healthy() {
   healthy_within "${HEALTH_TIMEOUT_SECONDS:-600}" "$@" || die "not healthy in time: ${unhealthy_services[*]}"
+}
+
+# The PostgreSQL majors of the clusters on the data volume (their PG_VERSION), one per line: up to
+# 17 the official images keep PGDATA in postgres/data, from 18 on in postgres/<major>/docker.
+postgres_data_majors() {
+  local file
+  for file in "$DATA_DIR"/postgres/*/docker/PG_VERSION "$DATA_DIR/postgres/data/PG_VERSION"; do
+    if [ -f "$file" ]; then tr -d '[:space:]' <"$file"; echo; fi
+  done | sort -u -n
+}
+# Where a major's cluster lives on the data volume, as one directory to move aside and back.
+postgres_data_dir() {
+  if [ "$1" -lt 18 ]; then echo "$DATA_DIR/postgres/data"; else echo "$DATA_DIR/postgres/$1"; fi
+}
+
+# Gitea's `gitea` role: owner of the database, no superuser, the password of the stack's secret.
+# The cluster's superuser keeps no password: it logs in through the container's local socket only.
+set_database_role() {
+  local password
+  password=$(<"$GITEA_STACK_DIR/secrets/postgres/postgres-password")
+  password=${password//"'"/"''"}  # an SQL string literal
+  # The SQL goes in on stdin; no statement with the password reaches the server log, even on error.
+  printf '%s\n' 'SET log_min_error_statement = panic;' "SET log_statement = 'none';" \
+    "SELECT 'CREATE ROLE gitea' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gitea') \\gexec" \
+    "ALTER ROLE gitea WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$password';" \
+    'ALTER DATABASE gitea OWNER TO gitea;' \
+    'ALTER ROLE postgres PASSWORD NULL;' \
+    | compose exec -T postgres psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres \
+    >/dev/null
 }
 
 # Loads KEY=value lines (no shell evaluation) from a file into the environment.

@@ -173,13 +173,14 @@ new_image_healthy() {
     container=$(compose ps --all --quiet "$service")
     state=$(service_state "$service")
     restarts=$(docker inspect --format '{{.RestartCount}}' "$container" 2>/dev/null || echo 0)
+    # A container that restarted since it was created crashed, whatever its state says now.
+    if [ "$restarts" -gt 0 ]; then health_problem="$service exited and was restarted $restarts times"; return 1; fi
     case $state in
       healthy) return 0 ;;
       unhealthy | exited | dead | restarting | missing)
         health_problem="$service is $state"
         return 1 ;;
       running)
-        if [ "$restarts" -gt 0 ]; then health_problem="$service restarted $restarts times"; return 1; fi
         if [ "$(docker inspect --format '{{if .State.Health}}yes{{end}}' "$container")" != yes ]; then
           running_since=${running_since:-$SECONDS}
           if [ $((SECONDS - running_since)) -ge "$SETTLE_SECONDS" ]; then return 0; fi
@@ -246,6 +247,108 @@ roll_back() {
   rollback_seconds=$(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }')
 }
 
+# The new image for the service, recreated alone and checked.
+switch_image() {
+  set_applied_image "$service" "$target"
+  { ! is_daemon "$service" || recreate; } && new_image_healthy
+}
+
+# Rows per table of the gitea database (`schema.table=rows` lines), to compare after the restore.
+table_row_counts() {
+  compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --quiet --username=postgres --dbname=gitea <<'SQL'
+SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', schemaname || '.' || tablename, schemaname, tablename)
+  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \gexec
+SQL
+}
+
+# gitea waits for postgres: healthy again after a restart of either, and nginx pointed at it.
+restart_gitea() {
+  compose up --detach --no-deps gitea >/dev/null || return 1
+  service=gitea new_image_healthy || return 1
+  compose exec -T nginx nginx -s reload >/dev/null 2>&1 || true
+}
+
+# postgres, new major: a dump of the gitea database (Gitea stopped, so nothing is written after
+# it), the old cluster moved aside, a new cluster of the new major made by its image and the dump
+# restored into it; the rows of every table compared. The old cluster is removed once Gitea runs
+# healthy on the new one, and put back by undo_postgres_major_upgrade if anything fails.
+upgrade_postgres_major() {
+  local rows_before rows_after
+  log "upgrading PostgreSQL $data_major to $target_major by dump and restore; Gitea is stopped meanwhile"
+  rows_before=$(table_row_counts) || return 1
+  compose stop gitea >/dev/null || return 1
+  install -d -m 0700 "$PRE_UPDATE_DIR"
+  (umask 077; compose exec -T postgres pg_dump --format=custom --username=postgres gitea >"$PRE_UPDATE_DIR/postgres.dump") \
+    || { health_problem="pg_dump of the gitea database failed"; return 1; }
+  compose stop postgres >/dev/null || return 1
+  mv "$old_cluster" "$kept_cluster"
+  moved_aside=true
+  # Up to 17 the mount is PGDATA itself: a directory of the data volume, not one Docker makes as root.
+  if [ "$target_major" -lt 18 ]; then install -d -m 0700 -o 999 -g 999 "$DATA_DIR/postgres/data"; fi
+  set_applied_image postgres "$target"
+  compose up --detach --no-deps --force-recreate postgres >/dev/null || return 1
+  new_image_healthy || return 1
+  set_database_role || { health_problem="could not create the gitea role in the new cluster"; return 1; }
+  log "restoring the gitea database into PostgreSQL $target_major"
+  compose exec -T postgres pg_restore --exit-on-error --single-transaction --username=postgres --dbname=gitea \
+    <"$PRE_UPDATE_DIR/postgres.dump" || { health_problem="pg_restore into PostgreSQL $target_major failed"; return 1; }
+  rows_after=$(table_row_counts) || return 1
+  if [ "$rows_after" != "$rows_before" ]; then
+    health_problem="the restored database does not have the rows the old one had: $(diff <(echo "$rows_before") <(echo "$rows_after") | grep '^[<>]' | head -n 5 | paste -s -d ' ' -)"
+    return 1
+  fi
+  restart_gitea || { health_problem="gitea was not healthy on PostgreSQL $target_major: $health_problem"; return 1; }
+  log "PostgreSQL $target_major serves Gitea with every row; removing the PostgreSQL $data_major cluster ($kept_cluster)"
+  rm -rf "$kept_cluster"
+}
+
+undo_postgres_major_upgrade() {
+  local started=$EPOCHREALTIME
+  log "putting PostgreSQL $data_major back"
+  compose stop postgres >/dev/null 2>&1 || true
+  if [ "${moved_aside:-}" = true ]; then
+    rm -rf "$(postgres_data_dir "$target_major")"  # the new cluster, made from the dump
+    mv "$kept_cluster" "$old_cluster" || return 1
+  fi
+  docker tag "$from_id" "$from_image" || return 1
+  set_applied_image postgres "$from_image"
+  compose up --detach --no-deps --force-recreate postgres >/dev/null || return 1
+  new_image_healthy || return 1
+  restart_gitea || return 1
+  rollback_seconds=$(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }')
+}
+
+apply_update() { if [ -n "$major_upgrade" ]; then upgrade_postgres_major; else switch_image; fi; }
+undo_update() { if [ -n "$major_upgrade" ]; then undo_postgres_major_upgrade; else roll_back; fi; }
+
+# postgres: whether the target is another major than the data's (major_upgrade), and if so,
+# whether it can be done: a newer major, no earlier upgrade's cluster left aside, room for the
+# dump and the new cluster. Refused before anything is pulled or changed.
+plan_postgres_major_upgrade() {
+  local need_kib free_kib
+  major_upgrade=''
+  [ "$service" = postgres ] || return 0
+  data_major=$(postgres_data_majors | tail -n 1)
+  target_major=$(tag_of "$target")
+  target_major=${target_major%%[!0-9]*}
+  if [ -z "$data_major" ] || [ -z "$target_major" ] || [ "$data_major" = "$target_major" ]; then return 0; fi
+  if [ "$target_major" -lt "$data_major" ]; then
+    refuse "$target is PostgreSQL $target_major and the data is PostgreSQL $data_major: a cluster cannot go back to an older major"
+  fi
+  old_cluster=$(postgres_data_dir "$data_major")
+  kept_cluster="$DATA_DIR/postgres-$data_major.before-upgrade"
+  if [ -e "$kept_cluster" ]; then
+    refuse "$kept_cluster is left from an earlier upgrade of PostgreSQL $data_major; look at it and remove it first"
+  fi
+  need_kib=$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=postgres \
+    --dbname=gitea --command="SELECT pg_database_size('gitea') / 1024 * 2") || refuse "cannot ask PostgreSQL for the database's size"
+  free_kib=$(df --output=avail -k "$DATA_DIR" | tail -n 1 | tr -d ' ')
+  if [ "$free_kib" -lt "$need_kib" ]; then
+    refuse "a PostgreSQL major upgrade needs room for a dump and a new cluster, about ${need_kib} KiB, and $DATA_DIR has ${free_kib} KiB free"
+  fi
+  major_upgrade=true
+}
+
 # Applies `target` to `service`. Returns (as exit codes above) through finish, or, with --auto,
 # sets result_code and returns.
 update_service() {
@@ -254,6 +357,7 @@ update_service() {
   if [ -n "$to_image" ]; then target=$to_image
   elif [ -n "$to_tag" ]; then target="$(repository_of "$(effective_image "$service")"):$to_tag"
   else target=$(effective_image "$service"); fi
+  plan_postgres_major_upgrade
 
   if [ "$dry_run" = true ]; then
     {
@@ -287,7 +391,7 @@ MAIL
   fi
 
   log "backing up before updating $service"
-  if ! "$GITEA_STACK_DIR/scripts/backup.sh" || { [ "$service" = gitea ] && ! dump_gitea; }; then
+  if ! "$GITEA_STACK_DIR/scripts/backup.sh" >&2 || { [ "$service" = gitea ] && ! dump_gitea; }; then
     # A pull of the running tag moved it to the new image: point it back, so nothing runs it later.
     if [ -n "$from_id" ]; then docker tag "$from_id" "$from_image"; fi
     mail_outcome failed "update of $service abandoned: the pre-update backup failed" <<MAIL
@@ -302,9 +406,8 @@ MAIL
   fi
 
   log "updating $service: $from_image ($from_id) -> $target ($target_id)"
-  set_applied_image "$service" "$target"
   health_problem=''
-  if { ! is_daemon "$service" || recreate; } && new_image_healthy; then
+  if apply_update; then
     rm -rf "$PRE_UPDATE_DIR"
     log "$service runs $target and is healthy"
     mail_outcome ok "$service updated to $(tag_of "$target") on $DOMAIN" <<MAIL
@@ -316,16 +419,21 @@ MAIL
   fi
 
   log "error: $target is not healthy (${health_problem:-its container did not start}); rolling back"
-  if roll_back; then
+  # The failed container goes with the rollback: its last words go into the mail.
+  failed_log=$(compose logs --no-color --tail 20 "$service" 2>&1 | tail -n 20 || true)
+  if undo_update; then
     log "$service runs $from_image again and is healthy (rolled back in ${rollback_seconds}s)"
     rm -rf "$PRE_UPDATE_DIR"
     mail_outcome failed "update of $service to $(tag_of "$target") rolled back on $DOMAIN" <<MAIL
 update.sh tried $target for $service on $DOMAIN, and it was not healthy: ${health_problem:-its container did not start}.
 It was rolled back: $service runs $from_image again and is healthy$([ "$service" = gitea ] && echo ", with its database as it was before the update").
 
-What to do first: read why the new version failed before trying it again:
-  docker logs of the failed container are gone with it; the new version's release notes, and
-  journalctl -u gitea-stack-update.service (or this run's output) have the details.
+The failed container's last log lines:
+${failed_log:-  (none)}
+
+What to do first: find out why the new version failed (the lines above, its release notes) before
+trying it again; this run's full output is in journalctl -u gitea-stack-update.service when the
+timer ran it.
 MAIL
     finish "$ROLLED_BACK" rolled-back "$target was not healthy (${health_problem:-}); $from_image serves again"
   fi

@@ -24,7 +24,7 @@ cd "$project_dir"
 # repository to back up and fsck after the restore).
 debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
   docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init
-  user-mode-linux kmod restic postgresql git)
+  user-mode-linux kmod restic postgresql git docker-registry)
 
 missing_packages() {
   local package

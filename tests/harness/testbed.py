@@ -553,6 +553,32 @@ class Testbed:
                 return self.run_dir / "mnt" / name / os.path.relpath(text, mount_point)
         return Path(f"/proc/{self.holder.pid}/root") / text.lstrip("/")
 
+    def start_registry(self) -> str:
+        """A real image registry (Debian's docker-registry, the CNCF distribution server) inside the
+        testbed on its own loopback, 127.0.0.1:5000, with its storage in the run directory. The
+        testbed's dockerd pushes to and pulls from it over plain HTTP, as Docker allows for loopback
+        registries. Returns its host:port; it stops with the testbed."""
+        assert self.run_dir is not None, "the testbed is not started"
+        binary = require_tool("docker-registry", "docker-registry")
+        address = "127.0.0.1:5000"
+        storage = self.run_dir / "registry"
+        storage.mkdir(exist_ok=True)
+        config = self.run_dir / "registry.yml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "version": 0.1, "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(storage)}},
+            "http": {"addr": address}}))
+        process = self._spawn("registry", [binary, "serve", str(config)])
+        _wait_for("the image registry", lambda: self.run(f"curl --silent --fail http://{address}/v2/",
+                                                         check=False).returncode == 0,
+                  30, log=lambda: self.log("registry"), process=process)
+        return address
+
+    def sent_mails(self) -> list[dict]:
+        """The mails moto's SES took, oldest first: {"subject", "body", "source", "destinations"}."""
+        with urllib.request.urlopen(f"{self.moto_url}/moto-api/data.json", timeout=10) as response:
+            return json.load(response)["ses"]["Message"]
+
     def systemctl_calls(self) -> list[list[str]]:
         """Each systemctl call so far, as its argument list."""
         log = self._shims / "systemctl.log"
@@ -662,7 +688,7 @@ class Testbed:
                 self._remove_containers()
             except Exception as error:  # noqa: BLE001 - dockerd stops them anyway
                 problems.append(f"removing containers: {error}")
-        for name in ("sshd", "moto", "pebble", "challtestsrv", "dockerd"):
+        for name in ("sshd", "moto", "pebble", "challtestsrv", "registry", "dockerd"):
             process = self.processes.get(name)
             if process is not None:
                 self._terminate(process, timeout=40 if name == "dockerd" else 10)

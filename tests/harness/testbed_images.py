@@ -120,12 +120,12 @@ def _rootfs_files(service: str) -> list[Path]:
     return [service_dir(service) / name for name in ROOTFS_INPUTS if (service_dir(service) / name).exists()]
 
 
-def rootfs_key() -> str:
+def rootfs_key(suite: str = SUITE, services: tuple[str, ...] = SERVICES) -> str:
     """Hash of everything the shared root filesystem is made of."""
-    digest = hashlib.sha256(f"recipe {RECIPE_VERSION}\0{SUITE}\0{MIRROR}\0".encode())
+    digest = hashlib.sha256(f"recipe {RECIPE_VERSION}\0{suite}\0{MIRROR}\0".encode())
     digest.update("\0".join(MMDEBSTRAP_OPTIONS).encode())
     _digest_files(digest, "common", _files(COMMON_DIR), COMMON_DIR)
-    for service in SERVICES:
+    for service in services:
         _digest_files(digest, service, _rootfs_files(service), service_dir(service))
     return digest.hexdigest()
 
@@ -150,12 +150,12 @@ class Plan:
         return f"{REPOSITORY}/{self.service}:{TAG_PREFIXES[self.service]}-{self.image_key[:12]}"
 
 
-def base_reference(key: str) -> str:
-    return f"{REPOSITORY}/base:{SUITE}-{key[:12]}"
+def base_reference(key: str, suite: str = SUITE) -> str:
+    return f"{REPOSITORY}/base:{suite}-{key[:12]}"
 
 
-def base_tarball(cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / "rootfs" / f"base-{SUITE}-{key[:16]}.tar"
+def base_tarball(cache_dir: Path, key: str, suite: str = SUITE) -> Path:
+    return Path(cache_dir) / "rootfs" / f"base-{suite}-{key[:16]}.tar"
 
 
 def plan(service: str, extra_ca_pem: str = "", key: str | None = None) -> Plan:
@@ -216,34 +216,35 @@ class Docker:
         return result.returncode == 0
 
 
-def mmdebstrap_command(target: Path) -> list[str]:
+def mmdebstrap_command(target: Path, suite: str = SUITE, services: tuple[str, ...] = SERVICES) -> list[str]:
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
         raise ImageBuildError("building the testbed images needs `mmdebstrap` (Debian package mmdebstrap)")
     command = [mmdebstrap, *MMDEBSTRAP_OPTIONS]
-    for service in SERVICES:
+    for service in services:
         command += [f"--dpkgopt=path-exclude={pattern}" for pattern in path_excludes(service)]
-    names = sorted({name for service in SERVICES for name in packages(service)})
+    names = sorted({name for service in services for name in packages(service)})
     command.append(f"--include={','.join(names)}")
     for stage in ("essential", "customize"):
-        for service in SERVICES:
+        for service in services:
             hook = service_dir(service) / f"{stage}-hook.sh"
             if hook.exists():
                 command.append(f'--{stage}-hook=sh {shlex.quote(str(hook))} "$1" {shlex.quote(str(COMMON_DIR))}')
-    return command + [SUITE, str(target), MIRROR]
+    return command + [suite, str(target), MIRROR]
 
 
-def _make_tarball(cache_dir: Path, key: str) -> tuple[Path, float | None]:
+def _make_tarball(cache_dir: Path, key: str, suite: str = SUITE,
+                  services: tuple[str, ...] = SERVICES) -> tuple[Path, float | None]:
     """The base tarball, from the cache or made now; (path, seconds mmdebstrap took or None)."""
-    tarball = base_tarball(cache_dir, key)
+    tarball = base_tarball(cache_dir, key, suite)
     if tarball.exists():
         os.utime(tarball)  # recently used: kept by the pruning below
         return tarball, None
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.partial")
-    log_file = Path(cache_dir) / "logs" / "mmdebstrap.log"
+    log_file = Path(cache_dir) / "logs" / f"mmdebstrap-{suite}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    command = mmdebstrap_command(partial)
+    command = mmdebstrap_command(partial, suite, services)
     started = time.monotonic()
     try:
         with log_file.open("w") as log:
@@ -251,12 +252,12 @@ def _make_tarball(cache_dir: Path, key: str) -> tuple[Path, float | None]:
             log.flush()
             result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise _failure(f"mmdebstrap (log {log_file})", command[:1] + [f"... {SUITE}"], result.returncode,
+            raise _failure(f"mmdebstrap (log {log_file})", command[:1] + [f"... {suite}"], result.returncode,
                            log_file.read_text())
         os.replace(partial, tarball)
     finally:
         partial.unlink(missing_ok=True)
-    old = sorted(tarball.parent.glob("base-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    old = sorted(tarball.parent.glob(f"base-{suite}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in old[TARBALLS_KEPT:]:
         stale.unlink(missing_ok=True)
     return tarball, time.monotonic() - started
@@ -340,6 +341,39 @@ def build_images(docker_host: str, cache_dir: Path, extra_ca_pem: str) -> dict[s
     _log(f"{len(missing)} of {len(plans)} images built in {time.monotonic() - started:.1f}s "
          f"(cache {cache_dir}, docker {docker.host})")
     return references
+
+
+# The postgres stand-in once more, from Debian bookworm: PostgreSQL 15, the major before trixie's 17,
+# so that a major upgrade is tested between two real majors. Same files, same contract.
+OLDER_POSTGRES_SUITE = "bookworm"
+OLDER_POSTGRES_MAJOR = 15
+
+
+def build_older_postgres_image(docker_host: str, cache_dir: Path) -> str:
+    """Builds (or finds) the bookworm postgres image (PostgreSQL 15); returns its reference."""
+    started = time.monotonic()
+    docker = Docker(docker_host)
+    suite, services = OLDER_POSTGRES_SUITE, ("postgres",)
+    key = rootfs_key(suite, services)
+    digest = hashlib.sha256(f"rootfs {key}\0".encode())
+    _digest_files(digest, "postgres", _files(service_dir("postgres")), service_dir("postgres"))
+    reference = f"{REPOSITORY}/postgres:{OLDER_POSTGRES_MAJOR}-{suite}-{digest.hexdigest()[:12]}"
+    if docker.image_exists(reference):
+        return reference
+    with _locked(Path(cache_dir)):
+        base = base_reference(key, suite)
+        if not docker.image_exists(base):
+            tarball, seconds = _make_tarball(Path(cache_dir), key, suite, services)
+            _log(f"{suite} rootfs {tarball.name}: " + (f"mmdebstrap {seconds:.1f}s" if seconds is not None else "cached"))
+            docker.run("image", "import", "--message", f"mmdebstrap {suite}: postgres", str(tarball), base,
+                       what=f"docker import of {tarball}")
+        with tempfile.TemporaryDirectory(prefix="testbed-image-postgres-older-") as context:
+            _build_context("postgres", "", Path(context))
+            docker.run("build", "--network", "none", "--rm", "--force-rm", "--build-arg", f"ROOTFS={base}",
+                       "--label", "org.gitea-stack.testbed.service=postgres", "--tag", reference, context,
+                       what=f"docker build of {reference}")
+    _log(f"{reference}: ready in {time.monotonic() - started:.1f}s")
+    return reference
 
 
 def remove_stale_images(docker_host: str, references: dict[str, str]) -> list[str]:

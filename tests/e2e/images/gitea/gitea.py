@@ -49,6 +49,15 @@ the server and the CLI under an flock. Repositories live where Gitea keeps them:
 `repository` table of its PostgreSQL database (created at start, as Gitea's migrations create
 theirs) and a bare repository directory under $GITEA_WORK_DIR/git/repositories/<owner>/<name>.git
 (the rootless image's [repository] ROOT).
+
+Schema versions, as Gitea's migrations keep them: the `version` table holds one row, the migration
+version of the database. A patch release keeps its minor's schema (1.27.x: 327, 1.28.x: 328). At
+start, `gitea web` migrates an older database to its own version, and refuses a newer one with
+Gitea's message ("... is for a newer Gitea, you can not use the newer database for this old Gitea
+release"): so only a database restore lets an older release run after an upgrade. Test images may
+set STANDIN_MIGRATION_FAILS=true (the migration changes the schema half-way, then the start fails,
+as a failed Gitea migration does, and every later start fails on the half-migrated schema) and
+STANDIN_HEALTHZ_STATUS (the status /api/healthz answers).
 """
 
 from __future__ import annotations
@@ -74,7 +83,9 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-VERSION = "1.27.3"
+# The release this image stands for. Images derived from it for the update tests set
+# STANDIN_VERSION (and STANDIN_MIGRATION_FAILS, STANDIN_HEALTHZ_STATUS) with ENV.
+VERSION = os.environ.get("STANDIN_VERSION", "1.27.3")
 MIN_PASSWORD_LENGTH = 8
 PBKDF2_ITERATIONS = 50_000
 # Names Gitea reserves for itself (models/user); creating one fails as with the real Gitea.
@@ -663,7 +674,7 @@ class Handler(BaseHTTPRequestHandler):
         if GIT_PATH.fullmatch(path):
             self.serve_git()
         elif path == "/api/healthz":
-            self.send_json(200, {"status": "pass", "description": "Gitea: Git with a cup of tea",
+            self.send_json(int(os.environ.get("STANDIN_HEALTHZ_STATUS", "200")), {"status": "pass", "description": "Gitea: Git with a cup of tea",
                                  "checks": {"cache:ping": [{"status": "pass"}], "database:ping": [{"status": "pass"}]}},
                            "application/health+json")
         elif path == "/api/v1/version":
@@ -844,6 +855,43 @@ def wait_for_database(config: dict[str, dict[str, str]]) -> None:
         time.sleep(2)
 
 
+def schema_version(release: str) -> int:
+    """The migration version of a release: its minor's (patch releases keep the schema)."""
+    major, minor = (int(part) for part in release.split(".")[:2])
+    return major * 300 + minor
+
+
+def migrate(database: Database) -> None:
+    """Brings the database to this release's schema, or refuses one a newer release migrated."""
+    mine = schema_version(VERSION)
+    try:
+        found = database.run("CREATE TABLE IF NOT EXISTS version (id BIGSERIAL PRIMARY KEY, version BIGINT);"
+                             "SELECT version FROM version WHERE id = 1;")
+    except DatabaseError as problem:
+        raise CommandError(f"cannot read the migration version in {database.description}: {problem}") from None
+    current = int(found) if found else None
+    if current is not None and current > mine:
+        raise CommandError(f"migrate: Your database (migration version: {current}) is for a newer Gitea, "
+                           "you can not use the newer database for this old Gitea release "
+                           f"({mine}). Gitea will exit to keep your database safe and unchanged.")
+    half_migrated = database.run("SELECT to_regclass('standin_half_migrated') IS NOT NULL;") == "t"
+    if current == mine and half_migrated:
+        # Gitea cannot run on a schema a failed migration left half-changed; neither can this.
+        raise CommandError(f"migrate: the database (migration version {current}) was left half-migrated "
+                           "by a failed migration; restore it from a backup")
+    if current == mine:
+        return
+    log(f"migrating the database from version {current} to {mine}")
+    if os.environ.get("STANDIN_MIGRATION_FAILS", "").lower() == "true":
+        # Half a migration, as a failed multi-step one leaves it; then the start fails.
+        database.run("CREATE TABLE IF NOT EXISTS standin_half_migrated (id BIGINT);"
+                     "INSERT INTO version (id, version) VALUES (1, :'version') "
+                     "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version;", version=str(mine))
+        raise CommandError(f"migrate: migration to version {mine} failed: the stand-in was built to fail it")
+    database.run("INSERT INTO version (id, version) VALUES (1, :'version') "
+                 "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version;", version=str(mine))
+
+
 def ssh_banner_server(port: int, stop: threading.Event) -> None:
     listener = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True) \
         if socket.has_dualstack_ipv6() else socket.create_server(("0.0.0.0", port))
@@ -879,6 +927,7 @@ def cmd_web(args: list[str]) -> int:
             raise CommandError(f"[security] {key} is empty: the stand-in, like the stack, expects it set")
     wait_for_database(config)
     database = Database(config)
+    migrate(database)
     try:
         database.run(REPOSITORY_TABLE)
     except DatabaseError as problem:
