@@ -410,7 +410,7 @@ update_changed_images() {
     [ -n "$container" ] || continue
     running=$(docker inspect --format '{{.Config.Image}}' "$container")
     wanted=$(effective_image "$service")
-    [ "$running" != "$wanted" ] || continue
+    if [ -z "$running" ] || [ "$running" = "$wanted" ]; then continue; fi
     log "$service runs $running and the stack config names $wanted: updating it through update.sh"
     code=0
     "$GITEA_STACK_DIR/scripts/update.sh" --yes --image "$wanted" "$service" || code=$?

@@ -286,7 +286,8 @@ def test_a_gitea_upgrade_whose_migration_fails_gets_its_database_back(testbed, r
     assert "with its database as it was before the update" in mail["body"]
 
 
-def converge_with_gitea(testbed, registry, tag: str):
+def converge_with_gitea(testbed, registry, target, tag: str):
+    """`pulumi up`'s remote steps with the gitea entry of `images` at `tag`."""
     images = {**registry, "gitea": repository(registry["gitea"]) + f":{tag}"}
     return replay(run_program(stack_config(testbed, images), stack="e2e"), target)
 
@@ -294,9 +295,9 @@ def converge_with_gitea(testbed, registry, tag: str):
 def test_a_new_gitea_tag_in_the_stack_config_goes_through_the_update_path(testbed, registry, target, converged):
     backups_before = json.loads(testbed.path(f"{STATE}/backup-status.json").read_text())["last_success"]
     mails = len(testbed.sent_mails())
-    results = check_replay(run_program(stack_config(testbed, {**registry, "gitea": repository(registry["gitea"])
-                                                               + ":1.28.1-rootless"}), stack="e2e"), target)
-    converge = results[-1][1]
+    results = converge_with_gitea(testbed, registry, target, "1.28.1-rootless")
+    step, converge = results[-1]
+    assert converge.returncode == 0, converge.stderr.decode()[-3000:]
     assert b"updating it through update.sh" in converge.stderr
     assert running_image(testbed, "gitea").endswith(":1.28.1-rootless") and health(testbed, "gitea") == "healthy"
     assert gitea_version(testbed) == "1.28.1" and schema(testbed) == "328"
@@ -308,7 +309,7 @@ def test_a_new_gitea_tag_in_the_stack_config_goes_through_the_update_path(testbe
 
 
 def test_an_unhealthy_gitea_tag_in_the_stack_config_fails_the_converge_rolled_back(testbed, registry, target, converged):
-    results = converge_with_gitea(testbed, registry, "1.29.0-rootless")
+    results = converge_with_gitea(testbed, registry, target, "1.29.0-rootless")
     step, converge = results[-1]
     assert converge.returncode != 0
     assert b"update.sh rolled gitea back to" in converge.stderr and b"serves again" in converge.stderr

@@ -42,21 +42,42 @@ def log_call(config: dict, argv: list[str]) -> None:
 
 
 def split_compose_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(global options, the rest) of `compose --project-name X --project-directory D --file F --profile P …`."""
+    """(global options, the rest) of `compose --project-name X --project-directory D --file F --profile P …`;
+    repeated --file options (an override file) are joined with newlines."""
     options, index = {}, 0
     while index < len(argv) and argv[index].startswith("--"):
-        options[argv[index].removeprefix("--")] = argv[index + 1]
+        name, value = argv[index].removeprefix("--"), argv[index + 1]
+        options[name] = f"{options[name]}\n{value}" if name == "file" and name in options else value
         index += 2
     return options, argv[index:]
 
 
-def admins(config: dict) -> list[str]:
+def compose_images(options: dict[str, str]) -> dict[str, str]:
+    """{service: image} of the compose files, later files (overrides) winning."""
+    import yaml  # only here: every call is a new process, and most need no YAML
+    images: dict[str, str] = {}
+    for file in options["file"].split("\n"):
+        for service, definition in (yaml.safe_load(Path(file).read_text()) or {}).get("services", {}).items():
+            if "image" in (definition or {}):
+                images[service] = definition["image"]
+    return images
+
+
+def load_state(config: dict) -> dict:
     state = Path(config["state"])
-    return json.loads(state.read_text())["admins"] if state.exists() else []
+    return json.loads(state.read_text()) if state.exists() else {}
+
+
+def save_state(config: dict, **changes: object) -> None:
+    Path(config["state"]).write_text(json.dumps({**load_state(config), **changes}))
+
+
+def admins(config: dict) -> list[str]:
+    return load_state(config).get("admins", [])
 
 
 def save_admins(config: dict, names: list[str]) -> None:
-    Path(config["state"]).write_text(json.dumps({"admins": names}))
+    save_state(config, admins=names)
 
 
 def option_value(argv: list[str], name: str) -> str:
@@ -85,11 +106,14 @@ def gitea(config: dict, command: list[str]) -> int:
 def compose(config: dict, argv: list[str]) -> int:
     options, rest = split_compose_options(argv)
     if rest[:2] == ["config", "--images"]:
-        import yaml  # only here: every call is a new process, and most need no YAML
-        services = yaml.safe_load(Path(options["file"]).read_text())["services"]
-        print("\n".join(sorted({service["image"] for service in services.values()})))
+        print("\n".join(sorted(set(compose_images(options).values()))))
         return 0
     if rest[:1] == ["up"]:
+        # The images the started services run, for `docker inspect --format {{.Config.Image}}`.
+        images = compose_images(options)
+        named = [word for word in rest[1:] if not word.startswith("-")] or list(images)
+        save_state(config, running={**load_state(config).get("running", {}),
+                                    **{service: images[service] for service in named if service in images}})
         return 0
     if rest[:2] == ["ps", "--quiet"]:
         print(f"gitea-stack-{rest[2]}-1")
@@ -119,7 +143,11 @@ def main(argv: list[str]) -> int:
         if argv[:2] == ["image", "inspect"]:
             return 0
         if argv[:2] == ["inspect", "--format"]:
-            print("healthy")
+            service = argv[3].removeprefix("gitea-stack-").removesuffix("-1")
+            if ".Config.Image" in argv[2]:  # what the container was started with: nothing before `up`
+                print(load_state(config).get("running", {}).get(service, ""))
+            else:
+                print("healthy")
             return 0
         raise NoAnswer
     except NoAnswer:

@@ -41,6 +41,7 @@ class Host:
     """A host's directories: the bundle in use, the upload `pulumi up` copied, the data volume."""
 
     def __init__(self, root: Path, aws: SecretsManager):
+        self.root = root
         self.live, self.upload, self.data, self.tmp = (root / name for name in ("live", "upload", "data", "tmp"))
         for directory in (self.live, self.upload, self.data, self.tmp):
             directory.mkdir()
@@ -86,13 +87,18 @@ def host(tmp_path, aws):
     return Host(tmp_path, aws)
 
 
-@pytest.mark.parametrize("pgdata, data_major, image, image_major", [
-    ("data", "16", POSTGRES_17, 17),         # the layout of images up to 17
-    ("18/docker", "18", POSTGRES_17, 17),    # the layout from 18 on, and a downgrade
-    ("18/docker", "18", "docker.io/library/postgres:19.1-bookworm", 19),  # would start an empty cluster
+UPGRADE_NEEDS_A_RUNNING_POSTGRES = "but no PostgreSQL runs to dump the data from; nothing was changed"
+OLDER_MAJOR = "an older major, which cannot read it; nothing was changed"
+
+
+@pytest.mark.parametrize("pgdata, data_major, image, image_major, refusal", [
+    # A newer major is upgraded by update.sh from the running cluster; with none running, refused.
+    ("data", "16", POSTGRES_17, 17, UPGRADE_NEEDS_A_RUNNING_POSTGRES),   # the layout of images up to 17
+    ("18/docker", "18", "docker.io/library/postgres:19.1-bookworm", 19, UPGRADE_NEEDS_A_RUNNING_POSTGRES),
+    ("18/docker", "18", POSTGRES_17, 17, OLDER_MAJOR),                    # a downgrade, never
 ])
 def test_an_image_of_another_postgres_major_is_refused_and_nothing_changes(host, pgdata, data_major, image,
-                                                                           image_major):
+                                                                           image_major, refusal):
     host.deployed(images={"postgres": POSTGRES_18 if data_major == "18" else POSTGRES_16})
     host.cluster(pgdata, data_major)
     host.uploaded(images={"postgres": image})
@@ -101,15 +107,30 @@ def test_an_image_of_another_postgres_major_is_refused_and_nothing_changes(host,
     result = host.converge()
 
     assert result.returncode == 1, result.stderr
-    assert (f"the data volume holds PostgreSQL {data_major} data, but the configured image {image} is "
-            f"PostgreSQL {image_major}; nothing was changed") in result.stderr
-    assert "needs a dump and restore" in result.stderr
-    assert f"set the postgres entry of gitea-stack:images back to a {data_major}.x tag" in result.stderr
-    # The refused bundle never became the live one; the data and the services were not touched.
+    assert (f"the data volume holds PostgreSQL {data_major} data") in result.stderr
+    assert f"the configured image {image} is PostgreSQL {image_major}" in result.stderr
+    assert refusal in result.stderr
+    assert f"back to {'the' if refusal != OLDER_MAJOR else 'a'} {data_major}.x tag" in result.stderr
+    # The refused bundle never became the live one; the data and the services were not touched:
+    # docker was only asked which containers run.
     assert tree(host.live) == live_before
     assert f"image: {image}" not in (host.live / "docker-compose.yml").read_text()
     assert tree(host.data) == data_before
-    assert not host.docker_calls.exists()
+    calls = host.docker_calls.read_text().splitlines() if host.docker_calls.exists() else []
+    assert all(call.startswith("ps ") for call in calls), calls
+
+
+def test_a_newer_major_with_its_postgres_running_passes_the_check_as_an_upgrade(host):
+    host.deployed(images={"postgres": POSTGRES_16})
+    host.cluster("data", "16")
+    host.uploaded(images={"postgres": POSTGRES_17})
+    # docker answers `ps` with the running postgres container, and nothing else.
+    (host.root / "shims" / "docker").write_text(
+        f'#!/bin/sh\necho "$*" >>{host.docker_calls}\ncase $1 in ps) echo 0123456789ab ;; *) exit 1 ;; esac\n')
+    result = host.check_upload()
+    assert result.returncode == 0, result.stderr
+    assert "PostgreSQL 16 data: it is upgraded to 17 by a dump and restore" in result.stderr
+    assert all(call.startswith("ps ") for call in host.docker_calls.read_text().splitlines())
 
 
 def test_an_image_whose_tag_names_no_major_is_refused_once_there_is_data(host):
