@@ -370,6 +370,7 @@ install_systemd_units() {
     systemctl enable --now gitea-stack-backup.timer
     systemctl enable --now gitea-stack-backup-check.timer
     systemctl enable --now gitea-stack-restore-drill.timer
+    systemctl enable --now gitea-stack-health-check.timer
   fi
 }
 

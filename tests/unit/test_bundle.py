@@ -17,9 +17,11 @@ EXPECTED_FILES = {
     "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
     "systemd/gitea-stack-backup-check.service", "systemd/gitea-stack-backup-check.timer",
     "systemd/gitea-stack-restore-drill.service", "systemd/gitea-stack-restore-drill.timer",
+    "systemd/gitea-stack-health-check.service", "systemd/gitea-stack-health-check.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
     "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py", "scripts/send-mail.py",
     "scripts/restore.sh", "scripts/restore-support.py", "scripts/check-backups.sh", "scripts/restore-drill.sh",
+    "scripts/health-check.sh", "scripts/health-support.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
 }
 
@@ -321,3 +323,20 @@ def test_the_backup_check_and_the_restore_drill_run_on_their_timers(unit, script
     assert "\nRequiresMountsFor=/srv/gitea-stack\n" in service
     deploy = rendered["scripts/deploy.sh"][0]
     assert f"systemctl enable --now {unit}.timer" in deploy
+
+
+def test_the_health_check_runs_every_five_minutes_and_knows_the_ports_and_schedule_it_checks():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    rendered = render(variant("example"))
+    timer = rendered["systemd/gitea-stack-health-check.timer"][0]
+    service = rendered["systemd/gitea-stack-health-check.service"][0]
+    assert "\nOnUnitActiveSec=5min\n" in timer and "\nOnBootSec=10min\n" in timer
+    assert "\nWantedBy=timers.target\n" in timer
+    assert "\nExecStart=/opt/gitea-stack/scripts/health-check.sh --notify\n" in service
+    assert "\nType=oneshot\n" in service
+    assert "systemctl enable --now gitea-stack-health-check.timer" in rendered["scripts/deploy.sh"][0]
+    assert (settings_env(variant("example"))["GIT_SSH_PORT"], settings_env(variant("example"))["BACKUP_SCHEDULE"]) == (
+        "22", "hourly")
+    custom = settings_env(parse_settings({**BASE, "gitSshPort": 2200, "backupSchedule": "*-*-* 02:30:00"}, "prod"))
+    assert (custom["GIT_SSH_PORT"], custom["BACKUP_SCHEDULE"]) == ("2200", "*-*-* 02:30:00")
