@@ -128,7 +128,7 @@ check_https() {
   if [ -n "${HEALTH_CA_FILE:-}" ]; then options+=(--cacert "$HEALTH_CA_FILE"); fi
   local action="ask it yourself: curl -v --resolve $DOMAIN:$HTTPS_PORT:127.0.0.1 $url; read docker logs --tail 100 gitea-stack-nginx-1 and gitea-stack-gitea-1; a certificate error: see the certificate check and $DATA_DIR/letsencrypt/live/$DOMAIN"
   if ! code=$(curl "${options[@]}" "$url" 2>"$work/curl.err"); then
-    record https failed "$url through nginx on 127.0.0.1:$HTTPS_PORT: $(tail -n 1 "$work/curl.err")" "$action"
+    record https failed "$url through nginx on 127.0.0.1:$HTTPS_PORT: $(head -n 1 "$work/curl.err")" "$action"
     return
   fi
   body=$(head -c 300 "$work/healthz" 2>/dev/null | tr -s ' \t\n\r' ' ') || body=''
