@@ -9,7 +9,8 @@
 #                DATA_DIR/letsencrypt/live/DOMAIN) valid for HEALTH_CERT_MIN_DAYS more days
 #   disk         DATA_DIR's filesystem has HEALTH_MIN_FREE_PERCENT of its bytes and inodes free
 #   backup       the last successful backup (DATA_DIR/state/backup-status.json) is younger than
-#                twice the backup schedule (BACKUP_SCHEDULE, gitea-stack:backupSchedule)
+#                twice the backup schedule (BACKUP_SCHEDULE, gitea-stack:backupSchedule); on a new
+#                forge, the first one is awaited as long after the backup timer's install
 #   diun         Diun's container running, not restarting in a loop
 # Each check is ok or failed, with a detail and, when it failed, what to do first
 # (docs/runbooks/health.md says more).
@@ -27,12 +28,13 @@
 # Environment: HEALTH_HTTPS_PORT (default 443); HEALTH_CA_FILE (default: the system's CAs);
 #   HEALTH_CERT_MIN_DAYS (default 14); HEALTH_MIN_FREE_PERCENT (default 15);
 #   HEALTH_REMINDER_HOURS (default 24); HEALTH_STATE_FILE (default DATA_DIR/state/health-state.json);
-#   BACKUP_STATUS_FILE (default DATA_DIR/state/backup-status.json);
+#   BACKUP_STATUS_FILE (default DATA_DIR/state/backup-status.json); BACKUP_TIMER_UNIT (default
+#   /etc/systemd/system/gitea-stack-backup.timer: a new forge's first backup is awaited from its install);
 #   GITEA_STACK_LOCK (default /run/lock/gitea-stack.lock).
 # Exit codes: 0 every check passed (--notify: also when it skipped for another job); 1 at least one
 #   check failed: each failed one is named on stderr; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,37s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,35s/^# \{0,1\}//p' "$0"; }
 output=human
 notify=false
 while [ $# -gt 0 ]; do
@@ -225,7 +227,8 @@ check_disk() {
 
 check_backup() {
   local status detail
-  IFS=$'\t' read -r status detail < <(python3 "$SUPPORT" check-backup "$BACKUP_STATUS" "${BACKUP_SCHEDULE:-hourly}" 2>&1) \
+  IFS=$'\t' read -r status detail < <(python3 "$SUPPORT" check-backup "$BACKUP_STATUS" "${BACKUP_SCHEDULE:-hourly}" \
+    "${BACKUP_TIMER_UNIT:-/etc/systemd/system/gitea-stack-backup.timer}" 2>&1) \
     || status=failed
   if [ "$status" = ok ]; then
     record backup ok "$detail"

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """health-check.sh's helpers that need Python: the backup's age, the report and the mail decisions.
 
-Usage: health-support.py check-backup STATUS_FILE CALENDAR
+Usage: health-support.py check-backup STATUS_FILE CALENDAR TIMER_UNIT
          prints "ok<TAB>detail" or "failed<TAB>detail": whether backup.sh's last_success in
          STATUS_FILE is younger than twice the interval of the systemd calendar CALENDAR (the
-         longest gap between its next runs, from systemd-analyze; an hour when it cannot tell)
+         longest gap between its next runs, from systemd-analyze; an hour when it cannot tell).
+         With no status file yet, a new forge's first backup is awaited as long: from the time
+         deploy.sh installed the backup timer's unit file TIMER_UNIT
        health-support.py report RESULTS_FILE [--json]
          prints the checks (RESULTS_FILE: one "name<TAB>status<TAB>detail<TAB>action" line each),
          one line a check, or with --json {checks, failed, ok, checked_at}; names every failed
@@ -69,7 +71,7 @@ def schedule_interval(calendar: str) -> int | None:
     return max(gaps) if output.returncode == 0 and gaps else None
 
 
-def check_backup(status_file: str, calendar: str) -> tuple[str, str]:
+def check_backup(status_file: str, calendar: str, timer_unit: str) -> tuple[str, str]:
     interval = schedule_interval(calendar)
     assumed = ""
     if interval is None:
@@ -78,7 +80,7 @@ def check_backup(status_file: str, calendar: str) -> tuple[str, str]:
     try:
         status = json.loads(Path(status_file).read_text())
     except FileNotFoundError:
-        return "failed", f"no backup has succeeded yet: {status_file} is missing{assumed}"
+        return first_backup_awaited(status_file, timer_unit, limit, calendar, assumed)
     except (OSError, ValueError) as error:
         return "failed", f"cannot read {status_file}: {error}"
     last_success = status.get("last_success") if isinstance(status, dict) else None
@@ -94,6 +96,19 @@ def check_backup(status_file: str, calendar: str) -> tuple[str, str]:
     detail = (f"the last successful backup finished at {last_success}, {duration(max(age, 0))} ago; the limit is "
               f"{duration(limit)} (twice the schedule '{calendar}'){assumed}{last_run}")
     return ("ok" if age <= limit else "failed"), detail
+
+
+def first_backup_awaited(status_file: str, timer_unit: str, limit: int, calendar: str, assumed: str) -> tuple[str, str]:
+    """No status file: fine for a new forge whose backup timer was installed less than `limit` ago."""
+    missing = f"no backup has succeeded yet: {status_file} is missing"
+    try:
+        installed = os.stat(timer_unit).st_mtime
+    except OSError:
+        return "failed", f"{missing} and the backup timer {timer_unit} is not installed{assumed}"
+    waited = now().timestamp() - installed
+    detail = (f"{missing}; the backup timer was installed {duration(max(waited, 0))} ago and the first backup is "
+              f"due within {duration(limit)} (twice the schedule '{calendar}'){assumed}")
+    return ("ok" if waited <= limit else "failed"), detail
 
 
 def read_results(results_file: str) -> list[dict]:
@@ -210,7 +225,7 @@ def main(argv: list[str]) -> int:
     if command in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    if command == "check-backup" and len(arguments) == 2:
+    if command == "check-backup" and len(arguments) == 3:
         status, detail = check_backup(*arguments)
         print(f"{status}\t{detail}")
         return 0

@@ -223,6 +223,11 @@ class HealthHost:
         return self.data_dir / "state" / "health-state.json"
 
     @property
+    def backup_timer_unit(self) -> Path:
+        """Where deploy.sh installs the backup timer (none here unless a test puts it there)."""
+        return self.root / "etc/systemd/system/gitea-stack-backup.timer"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "gitea-stack.lock"
 
@@ -230,6 +235,7 @@ class HealthHost:
         return {**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "GITEA_STACK_DIR": str(self.bundle_dir), "GITEA_STACK_LOCK": str(self.lock_file),
                 "HEALTH_HTTPS_PORT": str(self.https_port), "HEALTH_CA_FILE": str(self.ca_file),
+                "BACKUP_TIMER_UNIT": str(self.backup_timer_unit),
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", **extra}
 
     def check(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
@@ -506,7 +512,8 @@ BREAKAGES = {
     "inodes-used-up": ("disk", inodes_used_up, "of the inodes free"),
     "backup-too-old": ("backup", lambda bed: backup_status(bed, datetime.timedelta(hours=3)),
                        "3h 0min ago; the limit is 2h 0min (twice the schedule 'hourly')"),
-    "backup-missing": ("backup", lambda bed: backup_status(bed, None), "no backup has succeeded yet"),
+    "backup-missing": ("backup", lambda bed: backup_status(bed, None),
+                       "no backup has succeeded yet: {data_dir}/state/backup-status.json is missing and the backup timer"),
     "diun-stopped": ("diun", lambda bed: container_state(bed, "diun", status="exited", exit_code=1),
                      "Diun's container is exited (exit code 1)"),
     "diun-restarting": ("diun", lambda bed: container_state(bed, "diun", status="restarting", restart_count=7),
@@ -577,6 +584,7 @@ def test_each_check_fails_on_its_own(testbed, breakage):
     assert result.returncode == 1, result.stderr
     assert report["ok"] is False and report["failed"] == [name], report
     failed = next(check for check in report["checks"] if check["name"] == name)
+    expected_detail = expected_detail.format(data_dir=testbed.data_dir)
     assert failed["status"] == "failed" and expected_detail in failed["detail"], failed
     assert failed["action"], "a failed check says what to do first"
     assert f"1 of {len(CHECKS)} checks FAILED: {name}\n" in result.stderr
@@ -608,6 +616,26 @@ def test_an_expiring_certificate_is_named_with_its_expiry_date(testbed):
                         certificate["detail"]), certificate["detail"]
     assert "gitea-stack-certbot-renew.service" in certificate["action"]
     assert "certificate" not in strict["failed"], "HEALTH_CERT_MIN_DAYS sets the limit"
+
+
+def test_a_new_forge_waits_twice_the_schedule_for_its_first_backup(testbed):
+    timer = testbed.backup_timer_unit
+    timer.parent.mkdir(parents=True, exist_ok=True)
+    timer.write_text((testbed.bundle_dir / "systemd/gitea-stack-backup.timer").read_text())
+    try:
+        with backup_status(testbed, None):
+            os.utime(timer, (time.time() - 1800, time.time() - 1800))  # installed half an hour ago
+            result, fresh = testbed.json_check()
+            os.utime(timer, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+            _, late = testbed.json_check()
+    finally:
+        timer.unlink()
+    assert result.returncode == 0 and fresh["failed"] == [], fresh
+    backup = next(check for check in fresh["checks"] if check["name"] == "backup")
+    assert ("the backup timer was installed 30min ago and the first backup is due within 2h 0min (twice the "
+            "schedule 'hourly')") in backup["detail"]
+    assert late["failed"] == ["backup"]
+    assert "the backup timer was installed 3h 0min ago" in late["checks"][6]["detail"]
 
 
 def test_every_failed_check_is_named(testbed):
