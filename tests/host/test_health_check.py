@@ -624,9 +624,11 @@ def test_a_new_forge_waits_twice_the_schedule_for_its_first_backup(testbed):
     timer.write_text((testbed.bundle_dir / "systemd/gitea-stack-backup.timer").read_text())
     try:
         with backup_status(testbed, None):
-            os.utime(timer, (time.time() - 1800, time.time() - 1800))  # installed half an hour ago
+            installed = time.time() - 1805  # half an hour ago (and a little: the check counts whole seconds)
+            os.utime(timer, (installed, installed))
             result, fresh = testbed.json_check()
-            os.utime(timer, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+            installed = time.time() - 3 * 3600 - 5
+            os.utime(timer, (installed, installed))
             _, late = testbed.json_check()
     finally:
         timer.unlink()
