@@ -69,6 +69,8 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "systemd/gitea-stack-restore-drill.timer": ("systemd/gitea-stack-restore-drill.timer.j2", 0o644),
     "systemd/gitea-stack-update.service": ("systemd/gitea-stack-update.service.j2", 0o644),
     "systemd/gitea-stack-update.timer": ("systemd/gitea-stack-update.timer.j2", 0o644),
+    "systemd/gitea-stack-health-check.service": ("systemd/gitea-stack-health-check.service.j2", 0o644),
+    "systemd/gitea-stack-health-check.timer": ("systemd/gitea-stack-health-check.timer.j2", 0o644),
     "systemd/docker.service.d/10-gitea-stack.conf": ("systemd/docker.service.d/10-gitea-stack.conf.j2", 0o644),
     "diun/images.yml": ("diun/images.yml.j2", 0o644),
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
@@ -76,7 +78,8 @@ TEMPLATES: dict[str, tuple[str, int]] = {
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
            "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py",
-           "check-backups.sh", "restore-drill.sh", "update.sh", "update-support.py")
+           "check-backups.sh", "restore-drill.sh", "update.sh", "update-support.py", "health-check.sh",
+           "health-support.py")
 
 
 def diun_labels(service: str) -> str:

@@ -372,6 +372,7 @@ install_systemd_units() {
     systemctl enable --now gitea-stack-backup-check.timer
     systemctl enable --now gitea-stack-restore-drill.timer
     systemctl enable --now gitea-stack-update.timer
+    systemctl enable --now gitea-stack-health-check.timer
   fi
 }
 

@@ -20,9 +20,11 @@ EXPECTED_FILES = {
     "systemd/gitea-stack-backup.service", "systemd/gitea-stack-backup.timer",
     "systemd/gitea-stack-backup-check.service", "systemd/gitea-stack-backup-check.timer",
     "systemd/gitea-stack-restore-drill.service", "systemd/gitea-stack-restore-drill.timer",
+    "systemd/gitea-stack-health-check.service", "systemd/gitea-stack-health-check.timer",
     "scripts/lib.sh", "scripts/deploy.sh", "scripts/grow-data-filesystem.sh", "scripts/renew-certificates.sh",
     "scripts/fetch-secrets.py", "scripts/backup.sh", "scripts/backup-support.py", "scripts/send-mail.py",
     "scripts/restore.sh", "scripts/restore-support.py", "scripts/check-backups.sh", "scripts/restore-drill.sh",
+    "scripts/health-check.sh", "scripts/health-support.py",
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
     "images.conf", "scripts/update.sh", "scripts/update-support.py",
     "systemd/gitea-stack-update.service", "systemd/gitea-stack-update.timer",
@@ -341,3 +343,20 @@ def test_images_conf_names_each_service_s_image_policy_and_update_line_for_bash(
         assert "\\d" not in update_line
         assert re.fullmatch(update_line, image_tag(DEFAULT_IMAGES[service])), (service, update_line)
     assert by_service["gitea"][1] == "manual" and by_service["nginx"][1] == "auto"
+
+
+def test_the_health_check_runs_every_five_minutes_and_knows_the_ports_and_schedule_it_checks():
+    from gitea_stack.settings import parse_settings
+    from tests.harness.bundles import BASE
+    rendered = render(variant("example"))
+    timer = rendered["systemd/gitea-stack-health-check.timer"][0]
+    service = rendered["systemd/gitea-stack-health-check.service"][0]
+    assert "\nOnUnitActiveSec=5min\n" in timer and "\nOnBootSec=10min\n" in timer
+    assert "\nWantedBy=timers.target\n" in timer
+    assert "\nExecStart=/opt/gitea-stack/scripts/health-check.sh --notify\n" in service
+    assert "\nType=oneshot\n" in service
+    assert "systemctl enable --now gitea-stack-health-check.timer" in rendered["scripts/deploy.sh"][0]
+    assert (settings_env(variant("example"))["GIT_SSH_PORT"], settings_env(variant("example"))["BACKUP_SCHEDULE"]) == (
+        "22", "hourly")
+    custom = settings_env(parse_settings({**BASE, "gitSshPort": 2200, "backupSchedule": "*-*-* 02:30:00"}, "prod"))
+    assert (custom["GIT_SSH_PORT"], custom["BACKUP_SCHEDULE"]) == ("2200", "*-*-* 02:30:00")
