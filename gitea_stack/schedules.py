@@ -1,9 +1,10 @@
 """How often a systemd OnCalendar schedule (systemd.time(7)) fires: the longest gap between two runs,
 so a check can tell a late backup from one that is merely not due yet.
 
-Understood: the shorthands (minutely … yearly) and expressions `[WEEKDAYS] [*-*-*] HOURS:MINUTES[:SECONDS]`
-whose hour and minute fields are `*`, numbers, lists (`0,30`), ranges (`8..18`) and repetitions
-(`0/15`, `*/2`). A date other than `*-*-*` (e.g. `*-*-01`) is not: `longest_gap` returns None.
+Understood: the shorthands (minutely … yearly) and `[WEEKDAYS] [*-*-*] HOURS:MINUTES[:SECONDS]` whose
+hour and minute fields are `*`, numbers, lists (`0,30`) and repetitions (`0/15`, `*/2`), as the stack
+config accepts them (settings.parse_calendar). Not understood, so `longest_gap` returns None: a date
+other than `*-*-*` (e.g. `*-*-01`).
 Seconds and time zones do not change the gap between runs by more than a minute, and are ignored.
 """
 
@@ -33,11 +34,6 @@ def _field_values(field: str, upper: int) -> set[int] | None:
         step = int(step_text) if slash else 1
         if start_text == "*":
             first, last = 0, upper - 1
-        elif ".." in start_text:
-            low, _, high = start_text.partition("..")
-            if not (low.isdigit() and high.isdigit()):
-                return None
-            first, last = int(low), int(high)
         elif start_text.isdigit():
             first = int(start_text)
             last = upper - 1 if slash else first  # "0/15": from 0 every 15; "5": only 5

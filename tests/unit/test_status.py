@@ -11,6 +11,7 @@ every other call to moto.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -158,18 +159,20 @@ class Forge:
                           instance_id=self.outputs["instanceId"], data_volume_id=self.outputs["dataVolumeId"],
                           recovery_alarm_name=ALARM, secret_names=self.outputs["secretNames"])
 
+    @functools.cached_property
     def clients(self) -> AwsClients:
+        """One client per service for the whole test (boto3 takes a while to make each)."""
         client = self.session.client
         return AwsClients(self.ses, client("s3"), client("ec2"), client("cloudwatch"), client("secretsmanager"))
 
     def put_backup_status(self, *pairs: str) -> dict:
         written = write_backup_status(self.status_file, *pairs)
-        self.session.client("s3").put_object(Bucket=BUCKET, Key="status/backup.json",
+        self.clients.s3.put_object(Bucket=BUCKET, Key="status/backup.json",
                                              Body=self.status_file.read_bytes())
         return written
 
     def results(self, now: datetime | None = None) -> dict[str, status.StatusResult]:
-        found = status.run_checks(self.facts, self.clients(), ("127.0.0.1", self.site.port), now or self.now,
+        found = status.run_checks(self.facts, self.clients, ("127.0.0.1", self.site.port), now or self.now,
                                   lambda message: None)
         return {result.check: result for result in found}
 
@@ -279,7 +282,7 @@ def test_a_pending_production_access_request_is_a_warning(forge):
 def test_an_unverified_alert_address_fails_only_in_the_sandbox(forge):
     forge.session.client("sesv2").create_email_identity(EmailIdentity=UNVERIFIED_ALERT)
     facts = ForgeFacts(**{**forge.facts.__dict__, "alert_emails": (ALERT, UNVERIFIED_ALERT)})
-    clients = forge.clients()
+    clients = forge.clients
 
     def alert_lines() -> dict[str, str]:
         results = status.check_ses(clients.sesv2, facts, lambda message: None)
@@ -308,8 +311,8 @@ def test_a_stale_backup_fails(forge):
 def test_a_daily_schedule_allows_a_backup_of_three_hours(forge):
     facts = ForgeFacts(**{**forge.facts.__dict__, "backup_schedule": "*-*-* 02:30"})
     forge.put_backup_status("state=ok", "message=ok", f"finished={utc(forge.now - timedelta(hours=3))}")
-    assert status.check_backup(forge.clients().s3, facts, forge.now).status == OK
-    assert status.check_backup(forge.clients().s3, facts, forge.now + timedelta(days=2)).status == FAIL
+    assert status.check_backup(forge.clients.s3, facts, forge.now).status == OK
+    assert status.check_backup(forge.clients.s3, facts, forge.now + timedelta(days=2)).status == FAIL
 
 
 def test_a_failed_last_backup_fails_naming_the_last_success(forge):
@@ -323,19 +326,19 @@ def test_a_failed_last_backup_fails_naming_the_last_success(forge):
 
 
 def test_no_backup_status_object_fails(forge):
-    forge.session.client("s3").delete_object(Bucket=BUCKET, Key="status/backup.json")
+    forge.clients.s3.delete_object(Bucket=BUCKET, Key="status/backup.json")
     result = forge.results()["latest backup"]
     assert result.status == FAIL and f"no s3://{BUCKET}/status/backup.json" in result.detail
 
 
 def test_a_status_object_that_is_not_json_fails(forge):
-    forge.session.client("s3").put_object(Bucket=BUCKET, Key="status/backup.json", Body=b"[1, 2]")
+    forge.clients.s3.put_object(Bucket=BUCKET, Key="status/backup.json", Body=b"[1, 2]")
     result = forge.results()["latest backup"]
     assert result.status == FAIL and "not backup.sh's status JSON" in result.detail
 
 
 def test_a_stale_snapshot_fails_and_a_new_volume_without_one_only_warns(forge):
-    clients = forge.clients()
+    clients = forge.clients
     three_days_on = forge.now + timedelta(days=3)
     stale = status.check_snapshot(clients.ec2, forge.facts, three_days_on)
     assert stale.status == FAIL and "older than 2 d" in stale.detail and "dlm get-lifecycle-policy" in stale.action
@@ -346,7 +349,7 @@ def test_a_stale_snapshot_fails_and_a_new_volume_without_one_only_warns(forge):
 
 
 def test_a_missing_secret_fails_and_no_value_is_ever_read(forge):
-    secretsmanager = forge.session.client("secretsmanager")
+    secretsmanager = forge.clients.secretsmanager
     secretsmanager.delete_secret(SecretId=forge.outputs["secretNames"]["restic-password"], ForceDeleteWithoutRecovery=True)
     secretsmanager.delete_secret(SecretId=forge.outputs["secretNames"]["smtp-credentials"], RecoveryWindowInDays=7)
     results = forge.results()
@@ -359,36 +362,36 @@ def test_a_missing_secret_fails_and_no_value_is_ever_read(forge):
 
 
 def test_the_alarm_in_alarm_fails(forge):
-    forge.session.client("cloudwatch").set_alarm_state(AlarmName=ALARM, StateValue="ALARM",
+    forge.clients.cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM",
                                                        StateReason="Threshold Crossed: 2 datapoints were >= 1")
     result = forge.results()["recovery alarm"]
     assert result.status == FAIL and f"{ALARM} ALARM" in result.detail and "Threshold Crossed" in result.detail
 
 
 def test_an_alarm_without_data_warns_and_a_missing_one_fails(forge):
-    forge.session.client("cloudwatch").set_alarm_state(AlarmName=ALARM, StateValue="INSUFFICIENT_DATA",
+    forge.clients.cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="INSUFFICIENT_DATA",
                                                        StateReason="no datapoints")
     assert forge.results()["recovery alarm"].status == WARN
-    forge.session.client("cloudwatch").delete_alarms(AlarmNames=[ALARM])
+    forge.clients.cloudwatch.delete_alarms(AlarmNames=[ALARM])
     result = forge.results()["recovery alarm"]
     assert result.status == FAIL and f"no alarm {ALARM}" in result.detail
 
 
 def test_an_alarm_with_its_actions_disabled_fails(forge):
-    forge.session.client("cloudwatch").disable_alarm_actions(AlarmNames=[ALARM])
+    forge.clients.cloudwatch.disable_alarm_actions(AlarmNames=[ALARM])
     result = forge.results()["recovery alarm"]
     assert result.status == FAIL and "enable-alarm-actions" in result.action
 
 
 def test_a_stopped_instance_fails(forge):
-    forge.session.client("ec2").stop_instances(InstanceIds=[forge.outputs["instanceId"]])
+    forge.clients.ec2.stop_instances(InstanceIds=[forge.outputs["instanceId"]])
     result = forge.results()["instance status"]
     assert result.status == FAIL and "is stopped" in result.detail and "start-instances" in result.action
 
 
 def test_an_instance_that_no_longer_exists_fails(forge):
     facts = ForgeFacts(**{**forge.facts.__dict__, "instance_id": "i-0000000000000dead"})
-    result = status.check_instance(forge.clients().ec2, facts)
+    result = status.check_instance(forge.clients.ec2, facts)
     assert result.status == FAIL and "no instance i-0000000000000dead" in result.detail
 
 
@@ -460,7 +463,7 @@ def test_refused_credentials_fail_and_other_errors_are_unchecked(forge, monkeypa
     def refuse(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeAlarms")
 
-    cloudwatch = forge.session.client("cloudwatch")
+    cloudwatch = forge.clients.cloudwatch
     monkeypatch.setattr(cloudwatch, "describe_alarms", refuse)
     facts = forge.facts
     result = status.check_recovery_alarm(cloudwatch, facts)
@@ -473,15 +476,28 @@ def test_refused_credentials_fail_and_other_errors_are_unchecked(forge, monkeypa
 
 # --- the command end to end ---------------------------------------------------------------------------
 
+# Outputs of the shape the program exports, for the tests that end before any check runs.
+OUTPUTS = {"backupBucket": BUCKET, "instanceId": "i-0123456789abcdef0", "dataVolumeId": "vol-0123456789abcdef0",
+           "recoveryAlarmName": ALARM, "secretNames": {"restic-password": "gitea-stack/prod/restic-password-AbC123"},
+           "region": AWS_REGION, "adminPassword": "[secret]"}
+
+
 @pytest.fixture
-def project(forge, tmp_path, monkeypatch):
-    """Pulumi.prod.yaml and outputs.json of the healthy forge; the command asks moto (through the SES
-    stand-in) and the loopback site."""
+def stack_dir(tmp_path):
+    """A project directory with Pulumi.prod.yaml and outputs.json, and no AWS behind it."""
     (tmp_path / "Pulumi.prod.yaml").write_text(yaml.safe_dump({"config": STACK_CONFIG}))
-    (tmp_path / "outputs.json").write_text(json.dumps(forge.outputs))
-    monkeypatch.setattr(status, "aws_clients", lambda session, region: forge.clients())
-    monkeypatch.setenv(status.HTTPS_ADDRESS_VARIABLE, f"127.0.0.1:{forge.site.port}")
+    (tmp_path / "outputs.json").write_text(json.dumps(OUTPUTS))
     return tmp_path
+
+
+@pytest.fixture
+def project(stack_dir, forge, monkeypatch):
+    """stack_dir with the healthy forge's outputs; the command asks moto (through the SES stand-in)
+    and the loopback site."""
+    (stack_dir / "outputs.json").write_text(json.dumps(forge.outputs))
+    monkeypatch.setattr(status, "aws_clients", lambda session, region: forge.clients)
+    monkeypatch.setenv(status.HTTPS_ADDRESS_VARIABLE, f"127.0.0.1:{forge.site.port}")
+    return stack_dir
 
 
 def run(capsys, project: Path, *argv: str, outputs: bool = True) -> tuple[int, str, str]:
@@ -518,7 +534,7 @@ def test_command_exits_1_and_prints_what_to_do_under_the_failed_line(project, fo
 
 
 def test_command_json_document(project, forge, capsys):
-    forge.session.client("cloudwatch").set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="test")
+    forge.clients.cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="test")
     code, out, _ = run(capsys, project, "--json")
     document = json.loads(out)
     assert code == 1
@@ -551,27 +567,27 @@ def test_command_reads_the_outputs_from_the_pulumi_cli(project, capsys, monkeypa
                                                              "--stack", "prod"]
 
 
-def test_command_reports_a_failing_pulumi_cli(project, capsys, monkeypatch):
-    bin_dir = project / "bin"
+def test_command_reports_a_failing_pulumi_cli(stack_dir, capsys, monkeypatch):
+    bin_dir = stack_dir / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pulumi"
     fake.write_text("#!/bin/sh\necho \"error: no stack named 'prod' found\" >&2\nexit 255\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    code, out, err = run(capsys, project, outputs=False)
+    code, out, err = run(capsys, stack_dir, outputs=False)
     assert code == 2 and out == ""
     assert "no stack named 'prod' found" in err and "--outputs FILE" in err
 
 
-def test_command_without_the_pulumi_cli_says_to_pass_outputs(project, capsys, monkeypatch):
-    monkeypatch.setenv("PATH", str(project / "empty"))
-    code, out, err = run(capsys, project, outputs=False)
+def test_command_without_the_pulumi_cli_says_to_pass_outputs(stack_dir, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(stack_dir / "empty"))
+    code, out, err = run(capsys, stack_dir, outputs=False)
     assert code == 2 and out == "" and "not on PATH" in err and "--outputs FILE" in err
 
 
-def test_command_with_an_unknown_stack_is_bad_usage(project, capsys):
-    code = main(["status", "--stack", "staging", "--project-dir", str(project), "--outputs",
-                 str(project / "outputs.json")])
+def test_command_with_an_unknown_stack_is_bad_usage(stack_dir, capsys):
+    code = main(["status", "--stack", "staging", "--project-dir", str(stack_dir), "--outputs",
+                 str(stack_dir / "outputs.json")])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == "" and "Pulumi.staging.yaml" in captured.err
 
@@ -581,36 +597,36 @@ def test_command_with_an_unknown_stack_is_bad_usage(project, capsys):
     ("{not json", "is not JSON"),
     ("[1, 2]", "holds a JSON list; expected an object"),
 ])
-def test_command_with_unreadable_outputs_is_bad_usage(project, capsys, content, words):
-    path = project / "outputs.json"
+def test_command_with_unreadable_outputs_is_bad_usage(stack_dir, capsys, content, words):
+    path = stack_dir / "outputs.json"
     if content is None:
         path.unlink()
     else:
         path.write_text(content)
-    code, out, err = run(capsys, project)
+    code, out, err = run(capsys, stack_dir)
     assert code == 2 and out == "" and words in err
 
 
-def test_command_with_outputs_missing_keys_names_each(project, forge, capsys):
-    outputs = {key: value for key, value in forge.outputs.items() if key not in ("recoveryAlarmName", "dataVolumeId")}
+def test_command_with_outputs_missing_keys_names_each(stack_dir, capsys):
+    outputs = {key: value for key, value in OUTPUTS.items() if key not in ("recoveryAlarmName", "dataVolumeId")}
     outputs["backupBucket"] = "[secret]"
-    (project / "outputs.json").write_text(json.dumps(outputs))
-    code, out, err = run(capsys, project)
+    (stack_dir / "outputs.json").write_text(json.dumps(outputs))
+    code, out, err = run(capsys, stack_dir)
     assert code == 2 and out == ""
     assert "recoveryAlarmName (str) is missing" in err and "dataVolumeId (str) is missing" in err
     assert "backupBucket is secret" in err and "run `pulumi up` once" in err
 
 
-def test_command_with_a_bad_https_address_is_bad_usage(project, capsys, monkeypatch):
+def test_command_with_a_bad_https_address_is_bad_usage(stack_dir, capsys, monkeypatch):
     monkeypatch.setenv(status.HTTPS_ADDRESS_VARIABLE, "127.0.0.1")
-    code, out, err = run(capsys, project)
+    code, out, err = run(capsys, stack_dir)
     assert code == 2 and out == "" and "expected HOST:PORT" in err
 
 
-def test_command_with_bad_config_is_bad_usage(project, capsys):
-    (project / "Pulumi.prod.yaml").write_text(yaml.safe_dump({"config": {**STACK_CONFIG,
+def test_command_with_bad_config_is_bad_usage(stack_dir, capsys):
+    (stack_dir / "Pulumi.prod.yaml").write_text(yaml.safe_dump({"config": {**STACK_CONFIG,
                                                                           "gitea-stack:backupSchedule": "often"}}))
-    code, out, err = run(capsys, project)
+    code, out, err = run(capsys, stack_dir)
     assert code == 2 and out == "" and "gitea-stack:backupSchedule" in err
 
 
