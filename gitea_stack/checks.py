@@ -21,6 +21,8 @@ CREDENTIAL_ERROR_CODES = frozenset({
     "AuthFailure", "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "InvalidAccessKeyId",
     "SignatureDoesNotMatch", "UnrecognizedClientException",
 })
+# Where AWS says how to leave the SES sandbox: both commands point operators there.
+SES_PRODUCTION_ACCESS_URL = "https://docs.aws.amazon.com/ses/latest/dg/request-production-access.html"
 AWS_CLIENT_CONFIG = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
 
 

@@ -35,6 +35,7 @@ from gitea_stack.checks import (
     AWS_CLIENT_CONFIG,
     FAIL,
     OK,
+    SES_PRODUCTION_ACCESS_URL,
     WARN,
     CheckResult,
     aws_error_result,
@@ -63,7 +64,6 @@ UBUNTU_CODENAME = "noble"  # the host runs Ubuntu 24.04
 PLATFORM_ARCHITECTURE = {"x86_64": "amd64", "arm64": "arm64"}
 ELASTIC_IP_QUOTA_CODE = "L-0263D0A3"  # EC2-VPC Elastic IPs
 DEFAULT_ELASTIC_IP_QUOTA = 5
-SES_PRODUCTION_ACCESS_URL = "https://docs.aws.amazon.com/ses/latest/dg/request-production-access.html"
 HTTP_TIMEOUT_SECONDS = 20
 USER_AGENT = "gitea-stack-preflight"
 MANIFEST_MEDIA_TYPES = (

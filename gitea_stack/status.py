@@ -27,6 +27,7 @@ from gitea_stack.checks import (
     AWS_CLIENT_CONFIG,
     FAIL,
     OK,
+    SES_PRODUCTION_ACCESS_URL,
     WARN,
     CheckResult,
     aws_error_result,
@@ -55,7 +56,6 @@ CERTIFICATE_FAIL_DAYS = 14
 HTTPS_ADDRESS_VARIABLE = "GITEA_STACK_STATUS_HTTPS_ADDRESS"
 TLS_TIMEOUT_SECONDS = 10
 HOST_SCRIPTS = "/opt/gitea-stack/scripts"
-SES_PRODUCTION_ACCESS_URL = "https://docs.aws.amazon.com/ses/latest/dg/request-production-access.html"
 
 Progress = Callable[[str], None]
 
