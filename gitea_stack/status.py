@@ -108,7 +108,7 @@ def human_duration(duration: timedelta) -> str:
         return f"{days} d {hours} h" if hours else f"{days} d"
     if hours:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min"
+    return f"{minutes} min" if minutes else "under a minute"
 
 
 def human_bytes(count: int) -> str:

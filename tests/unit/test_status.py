@@ -220,6 +220,19 @@ def forge(aws, tmp_path, monkeypatch):
         yield forge
 
 
+@pytest.mark.parametrize("duration, words", [
+    (timedelta(seconds=30), "under a minute"), (timedelta(minutes=59), "59 min"), (timedelta(hours=3), "3 h"),
+    (timedelta(hours=3, minutes=5), "3 h 5 min"), (timedelta(days=2), "2 d"), (timedelta(days=2, hours=7), "2 d 7 h"),
+])
+def test_durations_read_as_an_operator_would_say_them(duration, words):
+    assert status.human_duration(duration) == words
+
+
+@pytest.mark.parametrize("count, words", [(512, "512 B"), (12582912, "12.0 MiB"), (3 * 2**40, "3072.0 GiB")])
+def test_sizes(count, words):
+    assert status.human_bytes(count) == words
+
+
 def test_a_healthy_forge_is_all_ok(forge):
     results = forge.results()
     expected = {"SES domain", "SES DKIM", "SES MAIL FROM", "SES account", f"alert {ALERT}", "latest backup",
