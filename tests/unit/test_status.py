@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -296,7 +296,7 @@ def test_a_pending_production_access_request_is_a_warning(forge):
 
 def test_an_unverified_alert_address_fails_only_in_the_sandbox(forge):
     forge.session.client("sesv2").create_email_identity(EmailIdentity=UNVERIFIED_ALERT)
-    facts = ForgeFacts(**{**forge.facts.__dict__, "alert_emails": (ALERT, UNVERIFIED_ALERT)})
+    facts = replace(forge.facts, alert_emails=(ALERT, UNVERIFIED_ALERT))
     clients = forge.clients
 
     def alert_lines() -> dict[str, str]:
@@ -324,7 +324,7 @@ def test_a_stale_backup_fails(forge):
 
 
 def test_a_daily_schedule_allows_a_backup_of_three_hours(forge):
-    facts = ForgeFacts(**{**forge.facts.__dict__, "backup_schedule": "*-*-* 02:30"})
+    facts = replace(forge.facts, backup_schedule="*-*-* 02:30")
     forge.put_backup_status("state=ok", "message=ok", f"finished={utc(forge.now - timedelta(hours=3))}")
     assert status.check_backup(forge.clients.s3, facts, forge.now).status == OK
     assert status.check_backup(forge.clients.s3, facts, forge.now + timedelta(days=2)).status == FAIL
@@ -358,7 +358,7 @@ def test_a_stale_snapshot_fails_and_a_new_volume_without_one_only_warns(forge):
     stale = status.check_snapshot(clients.ec2, forge.facts, three_days_on)
     assert stale.status == FAIL and "older than 2 d" in stale.detail and "dlm get-lifecycle-policy" in stale.action
     fresh_volume = clients.ec2.create_volume(AvailabilityZone=f"{AWS_REGION}a", Size=50)["VolumeId"]
-    facts = ForgeFacts(**{**forge.facts.__dict__, "data_volume_id": fresh_volume})
+    facts = replace(forge.facts, data_volume_id=fresh_volume)
     assert status.check_snapshot(clients.ec2, facts, forge.now).status == WARN
     assert status.check_snapshot(clients.ec2, facts, three_days_on).status == FAIL
 
@@ -405,7 +405,7 @@ def test_a_stopped_instance_fails(forge):
 
 
 def test_an_instance_that_no_longer_exists_fails(forge):
-    facts = ForgeFacts(**{**forge.facts.__dict__, "instance_id": "i-0000000000000dead"})
+    facts = replace(forge.facts, instance_id="i-0000000000000dead")
     result = status.check_instance(forge.clients.ec2, facts)
     assert result.status == FAIL and "no instance i-0000000000000dead" in result.detail
 
