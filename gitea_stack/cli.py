@@ -1,7 +1,7 @@
 """Command line: `python -m gitea_stack render --stack prod --out DIR` writes the exact bundle
 `pulumi up` would copy to the host, from Pulumi.<stack>.yaml, without Pulumi. The bundle's memory
 limits follow the instance type's memory, which it asks AWS for (read-only) unless given
-`--instance-memory-mib`."""
+`--instance-memory-mib`. `preflight` checks a stack before its first deploy, `status` a deployed one."""
 
 from __future__ import annotations
 
@@ -120,6 +120,36 @@ AWS_DEFAULT_REGION when the stack file has no aws:region; GITEA_STACK_DOCKER_APT
 Docker's apt repository from a mirror (default https://download.docker.com/linux/ubuntu)."""
 
 
+def status(args: argparse.Namespace) -> int:
+    # Imported on use, like preflight: status reads stack files with this module's helpers.
+    from gitea_stack.status import status_command
+    return status_command(args)
+
+
+STATUS_EPILOG = """\
+checks: SES (the domain verified for sending, DKIM and custom MAIL FROM status SUCCESS, the account
+out of the sandbox, each alertEmails address verified while it is in the sandbox); the latest backup
+(s3://<backupBucket>/status/backup.json: the last run succeeded, and the last success is younger than
+twice the longest gap of backupSchedule; a schedule it cannot read counts as daily); the latest EBS
+snapshot of the data volume younger than 2 days; the instance's status checks; the auto-recovery
+alarm OK (INSUFFICIENT_DATA is a warning: it cannot recover the host while it lasts, and is normal
+for minutes after a start); the site's certificate (verified, FAIL under 14 days left, WARN with less
+than a third of its lifetime left); every secret in secretNames present with a current version
+(described, never read). Each line that is not OK says what to do first.
+
+outputs: --outputs FILE (the JSON of `pulumi stack output --json`), else the command runs
+`pulumi stack output --json --stack NAME` in --project-dir when the Pulumi CLI is on PATH.
+
+exit codes: 0 nothing failed (WARN lines allowed: unchecked, or fine but worth a look), 1 something
+needs attention (a FAIL line), 2 bad usage, a bad stack file or outputs that are unreadable or lack
+a key the checks need.
+
+environment: AWS credentials and AWS_ENDPOINT_URL as boto3 reads them (the stack's aws:profile);
+AWS_REGION or AWS_DEFAULT_REGION when neither the outputs nor the stack file name a region;
+GITEA_STACK_STATUS_HTTPS_ADDRESS=HOST:PORT to read the certificate there instead of the domain's
+port 443 (still verified for the domain); SSL_CERT_FILE to trust other CAs than the system's."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gitea_stack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,5 +170,18 @@ def main(argv: list[str] | None = None) -> int:
                                   help="print one JSON document (checks and summary) instead of the table")
     preflight_parser.add_argument("--project-dir", default=".", help="where the Pulumi.<stack>.yaml files are")
     preflight_parser.set_defaults(run=preflight)
+    status_parser = commands.add_parser(
+        "status", help="check that a deployed forge is all right",
+        description="Checks a deployed stack from this machine, read-only: SES, backups, snapshots, the\n"
+                    "instance and its recovery alarm, the certificate and the secrets. Progress on\n"
+                    "stderr, a table (or --json) on stdout.",
+        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    status_parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
+    status_parser.add_argument("--outputs", metavar="FILE",
+                               help="the JSON of `pulumi stack output --json`; without it, the command runs that")
+    status_parser.add_argument("--json", action="store_true",
+                               help="print one JSON document (checks and summary) instead of the table")
+    status_parser.add_argument("--project-dir", default=".", help="where the Pulumi.<stack>.yaml files are")
+    status_parser.set_defaults(run=status)
     args = parser.parse_args(argv)
     return args.run(args)

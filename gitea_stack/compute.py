@@ -136,7 +136,7 @@ class GiteaHost(pulumi.ComponentResource):
             f"{name}-eip", domain="vpc", instance=self.instance.id,
             tags={**tags, "Name": f"gitea-stack-{settings.stack}"}, opts=child)
 
-        aws.cloudwatch.MetricAlarm(
+        self.recovery_alarm = aws.cloudwatch.MetricAlarm(
             f"{name}-auto-recover",
             alarm_description=f"gitea-stack {settings.stack}: recover the host when its system status check fails",
             namespace="AWS/EC2", metric_name="StatusCheckFailed_System", dimensions={"InstanceId": self.instance.id},

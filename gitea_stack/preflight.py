@@ -29,16 +29,22 @@ from dataclasses import asdict, dataclass
 from email.message import Message
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from gitea_stack.cli import StackFileProblem, read_stack, stack_file_values, stack_region
+from gitea_stack.checks import (
+    AWS_CLIENT_CONFIG,
+    FAIL,
+    OK,
+    SES_PRODUCTION_ACCESS_URL,
+    WARN,
+    CheckResult,
+    aws_error_result,
+    error_code,
+    format_table_with_verdicts,
+    stack_session,
+    summarise,
+)
+from gitea_stack.cli import StackFileProblem, read_stack, stack_region
 from gitea_stack.settings import (
     ALLOW_PLACEHOLDERS_VARIABLE,
     RestoreSource,
@@ -50,8 +56,6 @@ from gitea_stack.settings import (
 from gitea_stack.sizing import InstanceTypeError, host_architecture, instance_facts
 from gitea_stack.versions import DOCKER_PACKAGES
 
-OK, WARN, FAIL = "OK", "WARN", "FAIL"
-
 # Docker's apt repository; GITEA_STACK_DOCKER_APT_URL points the check at a mirror (or a stand-in).
 DOCKER_APT_URL = "https://download.docker.com/linux/ubuntu"
 DOCKER_APT_URL_VARIABLE = "GITEA_STACK_DOCKER_APT_URL"
@@ -60,7 +64,6 @@ UBUNTU_CODENAME = "noble"  # the host runs Ubuntu 24.04
 PLATFORM_ARCHITECTURE = {"x86_64": "amd64", "arm64": "arm64"}
 ELASTIC_IP_QUOTA_CODE = "L-0263D0A3"  # EC2-VPC Elastic IPs
 DEFAULT_ELASTIC_IP_QUOTA = 5
-SES_PRODUCTION_ACCESS_URL = "https://docs.aws.amazon.com/ses/latest/dg/request-production-access.html"
 HTTP_TIMEOUT_SECONDS = 20
 USER_AGENT = "gitea-stack-preflight"
 MANIFEST_MEDIA_TYPES = (
@@ -69,21 +72,8 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-# Error codes with which AWS rejects the credentials themselves: `pulumi up` would fail the same way.
-CREDENTIAL_ERROR_CODES = frozenset({
-    "AuthFailure", "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "InvalidAccessKeyId",
-    "SignatureDoesNotMatch", "UnrecognizedClientException",
-})
-AWS_CLIENT_CONFIG = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    check: str
-    status: str  # OK, WARN (could not check, or works with a caveat) or FAIL (blocks the deploy)
-    detail: str
 
 
 # --- HTTP: registries and the apt repository -------------------------------------------------------
@@ -335,14 +325,6 @@ def judge_elastic_ips(in_use: int, quota: int, source: str) -> CheckResult:
     return CheckResult("Elastic IPs", OK, f"{quota - in_use} left: {in_use} of {quota} in use (quota from {source})")
 
 
-def aws_error_result(check: str, action: str, error: Exception) -> CheckResult:
-    """An AWS call that failed: rejected credentials block `pulumi up` as well; anything else is unknown."""
-    code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-    if isinstance(error, NoCredentialsError) or code in CREDENTIAL_ERROR_CODES:
-        return CheckResult(check, FAIL, f"AWS refused the credentials ({action}): {error}")
-    return CheckResult(check, WARN, f"could not check: {action} failed: {error}")
-
-
 # --- the checks --------------------------------------------------------------------------------------
 
 def check_instance_type(ec2: Any, instance_type: str, region: str) -> tuple[list[CheckResult], str | None]:
@@ -434,10 +416,6 @@ def check_elastic_ips(ec2: Any, service_quotas: Any) -> CheckResult:
 RESTIC_CONFIG_KEY = "restic/config"
 
 
-def _error_code(error: Exception) -> str:
-    return error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-
-
 def check_restore_bucket(s3: Any, source: RestoreSource, region: str) -> CheckResult:
     """restoreFrom's bucket exists in the region the host will ask, and holds a restic repository."""
     check, key = "restore source bucket", qualified("restoreFrom")
@@ -449,7 +427,7 @@ def check_restore_bucket(s3: Any, source: RestoreSource, region: str) -> CheckRe
                                             f"expected restoreFrom.region {found_in}")
         s3.head_object(Bucket=source.bucket, Key=RESTIC_CONFIG_KEY)
     except ClientError as error:
-        if _error_code(error) in ("404", "NoSuchBucket", "NotFound", "NoSuchKey"):
+        if error_code(error) in ("404", "NoSuchBucket", "NotFound", "NoSuchKey"):
             return CheckResult(check, FAIL, f"{key}.bucket: no restic repository in {source.bucket} ({region}): "
                                             f"expected the old stack's backup bucket, which holds {RESTIC_CONFIG_KEY}")
         return aws_error_result(check, "s3:HeadBucket/HeadObject", error)
@@ -464,7 +442,7 @@ def check_restore_password_secret(secretsmanager: Any, source: RestoreSource) ->
     try:
         secretsmanager.describe_secret(SecretId=source.password_secret_arn)
     except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
+        if error_code(error) == "ResourceNotFoundException":
             return CheckResult(check, FAIL, f"{qualified('restoreFrom')}.passwordSecret: no secret "
                                             f"{source.password_secret_arn}; expected the old stack's restic-password "
                                             "secret (aws secretsmanager list-secrets in its region)")
@@ -609,20 +587,9 @@ def run_checks(settings: Settings, region: str, session: Any, apt_url: str,
 
 # --- output ------------------------------------------------------------------------------------------
 
-def summarise(results: list[CheckResult]) -> dict[str, Any]:
-    counts = {status: sum(result.status == status for result in results) for status in (OK, WARN, FAIL)}
-    return {"ok": counts[OK], "warn": counts[WARN], "fail": counts[FAIL], "passed": counts[FAIL] == 0}
-
-
 def format_table(results: list[CheckResult]) -> str:
-    header = CheckResult("CHECK", "STATUS", "DETAIL")
-    width = max(len(result.check) for result in [header, *results])
-    lines = [f"{result.check:<{width}}  {result.status:<6}  {result.detail}" for result in [header, *results]]
-    summary = summarise(results)
-    verdict = ("nothing blocks a first `pulumi up`" if summary["passed"]
-               else "fix the FAIL lines before `pulumi up`")
-    lines += ["", f"{summary['ok']} OK, {summary['warn']} WARN, {summary['fail']} FAIL: {verdict}"]
-    return "\n".join(lines)
+    return format_table_with_verdicts(results, "nothing blocks a first `pulumi up`",
+                                      "fix the FAIL lines before `pulumi up`")
 
 
 def json_document(stack: str, region: str, architecture: str | None, results: list[CheckResult]) -> str:
@@ -653,8 +620,7 @@ def preflight_command(args: argparse.Namespace) -> int:
         return 2
     try:
         # The stack's aws:profile, like the AWS provider, so the checks look at the account it deploys to.
-        profile = stack_file_values(stack_file).get("aws:profile") or None
-        session = boto3.Session(profile_name=profile, region_name=region)
+        session = stack_session(stack_file, region)
     except BotoCoreError as error:
         print(f"preflight: {error}", file=sys.stderr)
         return 2

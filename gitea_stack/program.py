@@ -255,6 +255,10 @@ def build_stack(settings: Settings) -> dict[str, Any]:
         "flowLogGroup": network.flow_logs.log_group.name,
         "secretNames": secret_names,
         "instanceId": host.instance.id,
+        # `python -m gitea_stack status` reads these: the alarm's name is generated, the region may
+        # come from the AWS profile rather than the stack file.
+        "recoveryAlarmName": host.recovery_alarm.name,
+        "region": region,
         "dataVolumeId": host.data_volume_id,
         "snapshotPolicyId": snapshots.policy.id,
         "provisioningPrivateKey": pulumi.Output.secret(host.private_key),

@@ -169,6 +169,8 @@ class FakeAws(pulumi.runtime.Mocks):
             outputs["name"] = inputs.get("name") or f"{name}-mock"
             outputs["arn"] = f"arn:aws:iam::{ACCOUNT}:{kind.rsplit(':', 1)[-1].lower()}{inputs.get('path', '/')}" \
                              f"{outputs['name']}"
+        elif kind == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            outputs["name"] = inputs.get("name") or f"{name}-mock"  # the provider's auto-name
         elif kind == "aws:secretsmanager/secretVersion:SecretVersion":
             outputs["versionId"] = f"{name}-{self.secret_version}"
         elif kind == "aws:kms/key:Key":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from gitea_stack.cli import engine_value
 from tests.harness.pulumi_mocks import StackRun, run_program, stack_file_config
@@ -33,3 +35,23 @@ def run_with(example_config) -> Callable[..., StackRun]:
                 config[f"gitea-stack:{key}"] = engine_value(value)
         return run_program(config)
     return run
+
+
+# The region of the AWS fixtures: the example stack's (Pulumi.prod.yaml).
+AWS_REGION = "eu-central-1"
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    """Fake credentials, and nothing from the environment that would send boto3 elsewhere."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture
+def aws(aws_credentials):
+    """A boto3 session on moto, in-process."""
+    with mock_aws():
+        yield boto3.Session(region_name=AWS_REGION)

@@ -15,7 +15,6 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from gitea_stack import preflight
 from gitea_stack.cli import main
@@ -47,6 +46,7 @@ from gitea_stack.preflight import (
 )
 from gitea_stack.settings import parse_image_reference, parse_settings
 from gitea_stack.versions import DEFAULT_IMAGES, DOCKER_PACKAGES
+from tests.unit.conftest import AWS_REGION
 from tests.harness.registries import (
     DOCKER_MANIFEST_LIST,
     OCI_MANIFEST,
@@ -55,7 +55,7 @@ from tests.harness.registries import (
     packages_file,
 )
 
-REGION = "eu-central-1"
+REGION = AWS_REGION  # the aws fixture's (conftest)
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -250,20 +250,6 @@ def test_rejected_credentials_fail_and_other_aws_errors_are_unknown():
 
 
 # --- AWS checks against moto -----------------------------------------------------------------------------
-
-@pytest.fixture
-def aws_credentials(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-
-
-@pytest.fixture
-def aws(aws_credentials):
-    with mock_aws():
-        yield boto3.Session(region_name=REGION)
-
 
 def private_zone(session, name: str) -> None:
     vpc = session.client("ec2").create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from tests.harness.pulumi_mocks import ELASTIC_IP, FakeAws, run_program
+from tests.harness.pulumi_mocks import ELASTIC_IP, REGION, FakeAws, run_program
 
 COMPONENTS = {
     "gitea-stack:network:Network": "network",
@@ -118,6 +118,8 @@ def test_outputs_tell_an_operator_where_everything_is(example_run):
     assert all(name.startswith("gitea-stack/prod/") for name in outputs["secretNames"].values())
     assert outputs["instanceId"] == "i-0123456789abcdef0"
     assert outputs["dataVolumeId"] == "vol-0123456789abcdef0"
+    assert outputs["recoveryAlarmName"] == "host-auto-recover-mock"
+    assert outputs["region"] == REGION
     assert outputs["provisioningPrivateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
 
 
