@@ -41,6 +41,9 @@ def record(path: str, entry: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if len(argv) >= 8 and argv[0] == "record":
         try:
             record(argv[1], run_entry(argv[2:]))

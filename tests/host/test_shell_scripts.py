@@ -40,7 +40,8 @@ def test_help_documents_usage_and_exit_codes(script):
     assert "Usage:" in result.stdout and "Exit codes:" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["fetch-secrets.py", "backup-support.py", "health-support.py"])
+@pytest.mark.parametrize("script", ["fetch-secrets.py", "backup-support.py", "health-support.py",
+                                    "update-support.py"])
 def test_python_host_script_documents_usage_and_exit_codes(script):
     result = subprocess.run([sys.executable, str(SCRIPTS_DIR / script), "--help"],
                             capture_output=True, text=True, timeout=10)
