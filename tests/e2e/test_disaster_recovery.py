@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import test_replay
-from tests.e2e.test_replay import DOMAIN, check_replay, containers, https_get, stack_config
+from tests.e2e.test_replay import (DOMAIN, check_replay, containers, create_backup_bucket, https_get,
+                                   stack_config)
 from tests.harness.pulumi_mocks import run_program
 from tests.harness.replay import remote_steps, replay, stored_secrets
 
@@ -160,9 +161,7 @@ def stack_a(testbed, images, target, tmp_path_factory):
                           'issue ' || i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, {ROWS}) i;""")
     expected = {"repositories": {name: refs_and_trees(client, name) for name in REPOSITORIES},
                 "rows": database_checksums(testbed)}
-    a_facts = facts(testbed)
-    testbed.boto3_client("s3").create_bucket(
-        Bucket=a_facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": a_facts["AWS_REGION"]})
+    a_facts = create_backup_bucket(testbed)
     backup = testbed.run(exec_start_of(testbed, "gitea-stack-backup.service"), check=False)
     assert backup.returncode == 0, backup.stderr[-3000:]
     secret_arn = testbed.boto3_client("secretsmanager").describe_secret(

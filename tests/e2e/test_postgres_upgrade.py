@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import test_replay
-from tests.e2e.test_replay import DOMAIN, check_replay, containers, psql, stack_config
+from tests.e2e.test_replay import (DOMAIN, check_replay, containers, create_backup_bucket, psql, stack_config,
+                                   store_secrets)
 from tests.e2e.test_updates import push_to_registry, repository, running_image, served
 from tests.harness.pulumi_mocks import run_program
-from tests.harness.replay import replay, stored_secrets
+from tests.harness.replay import replay
 from tests.harness.testbed_images import OLDER_POSTGRES_MAJOR, build_older_postgres_image
 
 CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
@@ -51,15 +52,10 @@ def config_with_postgres(testbed, registry, postgres: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def on_postgres_15(testbed, registry, target):
     run = run_program(config_with_postgres(testbed, registry, registry["postgres-15"]), stack="e2e")
-    secrets_manager = testbed.boto3_client("secretsmanager")
-    for name, value in stored_secrets(run).items():
-        secrets_manager.create_secret(Name=name, SecretString=value)
+    store_secrets(testbed, run)
     testbed.boto3_client("ses").verify_domain_identity(Domain=DOMAIN)
     check_replay(run, target)
-    facts = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/stack-facts.env").read_text()
-                 .splitlines() if "=" in line and not line.startswith("#"))
-    testbed.boto3_client("s3").create_bucket(
-        Bucket=facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": facts["AWS_REGION"]})
+    create_backup_bucket(testbed)
     psql(testbed, f"""
         CREATE TABLE upgrade_accounts (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, created TIMESTAMPTZ NOT NULL);
         CREATE TABLE upgrade_orders (id BIGSERIAL PRIMARY KEY,

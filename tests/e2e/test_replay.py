@@ -60,12 +60,27 @@ def stack_config(testbed, images, **changes) -> dict[str, str]:
     return config
 
 
-@pytest.fixture(scope="module")
-def stack_run(testbed, images):
-    run = run_program(stack_config(testbed, images), stack="e2e")
+def store_secrets(testbed, run) -> None:
+    """Puts the stack's secrets in moto's Secrets Manager, as `pulumi up` does."""
     secrets_manager = testbed.boto3_client("secretsmanager")
     for name, value in stored_secrets(run).items():
         secrets_manager.create_secret(Name=name, SecretString=value)
+
+
+def create_backup_bucket(testbed) -> dict[str, str]:
+    """The bucket the program made, in moto (which has only what the test creates), as the host's
+    stack-facts.env names it; returns those facts."""
+    facts = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/stack-facts.env").read_text()
+                 .splitlines() if "=" in line and not line.startswith("#"))
+    testbed.boto3_client("s3").create_bucket(
+        Bucket=facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": facts["AWS_REGION"]})
+    return facts
+
+
+@pytest.fixture(scope="module")
+def stack_run(testbed, images):
+    run = run_program(stack_config(testbed, images), stack="e2e")
+    store_secrets(testbed, run)
     return run
 
 
@@ -490,12 +505,9 @@ def test_diun_watches_through_the_socket_proxy_and_certbot_through_its_file(test
 
 
 def test_the_backup_timer_s_service_backs_the_running_forge_up_into_the_bucket(testbed, stack_run, converged):
-    # The bucket the program made (moto has only what the test creates), then the service's own command,
-    # as systemd runs it: the real postgres container dumps, restic writes to S3.
-    facts = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/stack-facts.env").read_text()
-                 .splitlines() if "=" in line and not line.startswith("#"))
-    testbed.boto3_client("s3").create_bucket(
-        Bucket=facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": facts["AWS_REGION"]})
+    # The bucket the program made, then the service's own command, as systemd runs it: the real
+    # postgres container dumps, restic writes to S3.
+    facts = create_backup_bucket(testbed)
     unit = testbed.path("/etc/systemd/system/gitea-stack-backup.service").read_text()
     [exec_start] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert ["enable", "--now", "gitea-stack-backup.timer"] in testbed.systemctl_calls()

@@ -25,9 +25,10 @@ import pytest
 
 from gitea_stack.versions import image_tag
 from tests.e2e import test_replay
-from tests.e2e.test_replay import DOMAIN, check_replay, containers, https_get, psql, stack_config
+from tests.e2e.test_replay import (DOMAIN, check_replay, containers, create_backup_bucket, https_get, psql,
+                                   stack_config, store_secrets)
 from tests.harness.pulumi_mocks import run_program
-from tests.harness.replay import replay, stored_secrets
+from tests.harness.replay import replay
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "update-rollback.json"
 UPDATE = "/opt/gitea-stack/scripts/update.sh"
@@ -80,9 +81,7 @@ def repository(reference: str) -> str:
 @pytest.fixture(scope="module")
 def stack_run(testbed, registry):
     run = run_program(stack_config(testbed, registry), stack="e2e")
-    secrets_manager = testbed.boto3_client("secretsmanager")
-    for name, value in stored_secrets(run).items():
-        secrets_manager.create_secret(Name=name, SecretString=value)
+    store_secrets(testbed, run)
     testbed.boto3_client("ses").verify_domain_identity(Domain=DOMAIN)
     return run
 
@@ -90,10 +89,7 @@ def stack_run(testbed, registry):
 @pytest.fixture(scope="module")
 def converged(testbed, stack_run, target):
     check_replay(stack_run, target)
-    facts = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/stack-facts.env").read_text()
-                 .splitlines() if "=" in line and not line.startswith("#"))
-    testbed.boto3_client("s3").create_bucket(
-        Bucket=facts["BACKUP_BUCKET"], CreateBucketConfiguration={"LocationConstraint": facts["AWS_REGION"]})
+    create_backup_bucket(testbed)  # the pre-update backups go there
     psql(testbed, "CREATE TABLE update_canary (note TEXT); ALTER TABLE update_canary OWNER TO gitea;"
                   "INSERT INTO update_canary VALUES ('written before any update');")
     yield
