@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """update.sh's JSON: the status file the health check and monitoring read, and --json output.
 
-Usage: update-support.py record STATUS_FILE SERVICE OUTCOME DETAIL FROM TO EXIT_CODE [ROLLBACK_SECONDS]
+Usage: update-support.py record STATUS_FILE SERVICE OUTCOME DETAIL FROM TO EXIT_CODE [ROLLBACK_SECONDS [SETTLED_SECONDS]]
          merges this run into STATUS_FILE (mode 0644, atomically): `services.<SERVICE>` and `last`
-       update-support.py outcome SERVICE OUTCOME DETAIL FROM TO EXIT_CODE [ROLLBACK_SECONDS]
+       update-support.py outcome SERVICE OUTCOME DETAIL FROM TO EXIT_CODE [ROLLBACK_SECONDS [SETTLED_SECONDS]]
          prints this run as one JSON line
+ROLLBACK_SECONDS: from the failed health check until the previous image answered its healthcheck
+again (served); SETTLED_SECONDS: until Docker marked it healthy.
 Exit codes: 0 done; 1 the status file could not be written; 2 bad usage.
 """
 
@@ -21,8 +23,9 @@ def run_entry(arguments: list[str]) -> dict:
     entry = {"service": service, "outcome": outcome, "detail": detail, "from": previous, "to": target,
              "exit_code": int(code),
              "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if rest and rest[0]:
-        entry["rollback_seconds"] = float(rest[0])
+    for key, value in zip(("rollback_seconds", "settled_seconds"), rest):
+        if value:
+            entry[key] = float(value)
     return entry
 
 

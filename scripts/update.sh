@@ -128,11 +128,12 @@ finish() {
   local code=$1 outcome=$2 detail=$3
   case $outcome in refused | busy | dry-run) ;; *)
     python3 "$GITEA_STACK_DIR/scripts/update-support.py" record "$STATUS_FILE" "$service" "$outcome" "$detail" \
-      "${from_image:-}" "${target:-}" "$code" "${rollback_seconds:-}" || log "error: could not write $STATUS_FILE" ;;
+      "${from_image:-}" "${target:-}" "$code" "${rollback_seconds:-}" "${settled_seconds:-}" \
+      || log "error: could not write $STATUS_FILE" ;;
   esac
   if [ "$json" = true ]; then
     python3 "$GITEA_STACK_DIR/scripts/update-support.py" outcome "$service" "$outcome" "$detail" \
-      "${from_image:-}" "${target:-}" "$code" "${rollback_seconds:-}"
+      "${from_image:-}" "${target:-}" "$code" "${rollback_seconds:-}" "${settled_seconds:-}"
   fi
   exit "$code"
 }
@@ -160,13 +161,30 @@ record_running_image() {
   from_id=$(image_id "$from_image")
 }
 
-# Waits until the recreated service is healthy (or, without a healthcheck, keeps running for
-# SETTLE_SECONDS); fails at once when it is unhealthy, stopped or restarting.
+# Runs the container's own healthcheck command now: Docker runs it only every `interval` (nginx:
+# 30 s), which would keep a healthy service waiting, and a rollback longer, for no reason.
+healthcheck_passes() {
+  local test=()
+  mapfile -t test < <(docker inspect --format '{{range .Config.Healthcheck.Test}}{{println .}}{{end}}' "$1")
+  if [ ${#test[@]} -gt 0 ] && [ -z "${test[-1]}" ]; then unset 'test[-1]'; fi  # docker's closing newline
+  case ${test[0]:-} in
+    CMD) docker exec "$1" "${test[@]:1}" >/dev/null 2>&1 ;;
+    CMD-SHELL) docker exec "$1" sh -c "${test[1]}" >/dev/null 2>&1 ;;
+    *) return 1 ;;
+  esac
+}
+
+# Waits until Docker says the recreated service is healthy (or, without a healthcheck, it keeps
+# running for SETTLE_SECONDS), so nothing that follows (the health timer, a converge) sees it
+# starting. serving_at is when it first answered its own healthcheck (run at once, see above), that
+# is when it served again. Fails at once when it is unhealthy, stopped or restarting.
 new_image_healthy() {
+  serving_at=''
   if ! is_daemon "$service"; then
     # certbot: the new image must run and read the certificates it will renew.
-    compose run --rm --no-deps "$service" certificates >/dev/null
-    return
+    compose run --rm --no-deps "$service" certificates >/dev/null || return 1
+    serving_at=$EPOCHREALTIME
+    return 0
   fi
   local deadline=$((SECONDS + HEALTH_TIMEOUT)) running_since='' container state restarts
   while [ "$SECONDS" -lt "$deadline" ]; do
@@ -176,21 +194,26 @@ new_image_healthy() {
     # A container that restarted since it was created crashed, whatever its state says now.
     if [ "$restarts" -gt 0 ]; then health_problem="$service exited and was restarted $restarts times"; return 1; fi
     case $state in
-      healthy) return 0 ;;
+      healthy)
+        serving_at=${serving_at:-$EPOCHREALTIME}
+        return 0 ;;
       unhealthy | exited | dead | restarting | missing)
         health_problem="$service is $state"
         return 1 ;;
+      starting)
+        if [ -z "$serving_at" ] && healthcheck_passes "$container"; then serving_at=$EPOCHREALTIME; fi ;;
       running)
-        if [ "$(docker inspect --format '{{if .State.Health}}yes{{end}}' "$container")" != yes ]; then
-          running_since=${running_since:-$SECONDS}
-          if [ $((SECONDS - running_since)) -ge "$SETTLE_SECONDS" ]; then return 0; fi
-        fi ;;
+        serving_at=${serving_at:-$EPOCHREALTIME}
+        running_since=${running_since:-$SECONDS}
+        if [ $((SECONDS - running_since)) -ge "$SETTLE_SECONDS" ]; then return 0; fi ;;
     esac
     sleep "${HEALTH_POLL_SECONDS:-2}"
   done
   health_problem="$service was not healthy within ${HEALTH_TIMEOUT}s (state: $(service_state "$service"))"
   return 1
 }
+
+seconds_since() { awk -v from="$1" -v to="${2:-$EPOCHREALTIME}" 'BEGIN { printf "%.1f", to - from }'; }
 
 # gitea only: its database (pg_dump, custom format) and app.ini, kept until the update is done.
 dump_gitea() {
@@ -244,7 +267,7 @@ roll_back() {
   set_applied_image "$service" "$from_image"
   if is_daemon "$service"; then recreate || return 1; fi
   new_image_healthy || return 1
-  rollback_seconds=$(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }')
+  rollback_seconds=$(seconds_since "$started" "$serving_at") settled_seconds=$(seconds_since "$started")
 }
 
 # The new image for the service, recreated alone and checked.
@@ -315,7 +338,7 @@ undo_postgres_major_upgrade() {
   compose up --detach --no-deps --force-recreate postgres >/dev/null || return 1
   new_image_healthy || return 1
   restart_gitea || return 1
-  rollback_seconds=$(awk -v from="$started" -v to="$EPOCHREALTIME" 'BEGIN { printf "%.1f", to - from }')
+  rollback_seconds=$(seconds_since "$started" "$serving_at") settled_seconds=$(seconds_since "$started")
 }
 
 apply_update() { if [ -n "$major_upgrade" ]; then upgrade_postgres_major; else switch_image; fi; }
@@ -422,7 +445,8 @@ MAIL
   # The failed container goes with the rollback: its last words go into the mail.
   failed_log=$(compose logs --no-color --tail 20 "$service" 2>&1 | tail -n 20 || true)
   if undo_update; then
-    log "$service runs $from_image again and is healthy (rolled back in ${rollback_seconds}s)"
+    log "$service runs $from_image again and is healthy: serving ${rollback_seconds}s after the failed health check," \
+      "healthy to Docker after ${settled_seconds}s"
     rm -rf "$PRE_UPDATE_DIR"
     mail_outcome failed "update of $service to $(tag_of "$target") rolled back on $DOMAIN" <<MAIL
 update.sh tried $target for $service on $DOMAIN, and it was not healthy: ${health_problem:-its container did not start}.
@@ -453,7 +477,10 @@ MAIL
 if [ "$auto" = true ]; then
   # Each auto service in a process of its own (finish exits), under this run's lock; the worst
   # code wins. With --json, one line per service.
-  try_lock "${UPDATE_LOCK_WAIT_SECONDS:-600}" || { log "error: another gitea-stack job is running; nothing was updated"; exit "$BUSY"; }
+  if [ "$dry_run" != true ] && ! try_lock "${UPDATE_LOCK_WAIT_SECONDS:-600}"; then
+    log "error: another gitea-stack job is running; nothing was updated"
+    exit "$BUSY"
+  fi
   worst=0
   for each in $(services_in_config); do
     [ "$(policy_of "$each")" = auto ] || continue

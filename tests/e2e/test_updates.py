@@ -1,5 +1,6 @@
 """Updates that roll back, end to end on the testbed: update.sh by hand, by the weekly timer, and
-through `pulumi up` with a new tag in the stack config (replayed remote steps).
+through `pulumi up` with a new tag in the stack config (replayed remote steps), a PostgreSQL major
+upgrade among them.
 
 The stack's images come from a real registry inside the testbed (Debian's docker-registry), so
 every update is a real `docker pull`. Next to the stand-in images, the registry holds images built
@@ -7,6 +8,11 @@ from them for these tests: an nginx that is fine and one that exits at start, a 
 migrates the database to its schema, and Gitea 1.28.0 and 1.29.0 builds whose migration fails
 half-way (they change the schema, then exit). The Gitea stand-in refuses a database a newer
 release migrated, as Gitea does, so only a restored database lets the older one serve again.
+
+The forge runs on PostgreSQL 15 (the postgres stand-in built from Debian bookworm) until the last
+cases, where the stack config names PostgreSQL 17 (the stand-in from trixie): first a 17 build that
+does not start (the converge fails, the 15 cluster is back and serves Gitea), then a working one
+(every row of every table is there, the old cluster is gone).
 
 Each case asserts the service's final image, its health, the data, and the mail SES took. The
 rollback times update.sh reports (from the failed health check to the previous image healthy
@@ -19,6 +25,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +36,12 @@ from tests.e2e.test_replay import (DOMAIN, check_replay, containers, create_back
                                    stack_config, store_secrets)
 from tests.harness.pulumi_mocks import run_program
 from tests.harness.replay import replay
+from tests.harness.testbed_images import OLDER_POSTGRES_MAJOR, build_older_postgres_image
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "update-rollback.json"
 UPDATE = "/opt/gitea-stack/scripts/update.sh"
-STATE = "/srv/gitea-stack/state"
+DATA = "/srv/gitea-stack"
+STATE = f"{DATA}/state"
 # The tags the stand-ins are pushed as where the update lines need real-looking ones.
 REGISTRY_TAGS = {"gitea": "1.27.3-rootless", "nginx": "1.30.1-alpine"}
 # Images built from the stand-ins for these tests: (service, tag) -> Dockerfile lines.
@@ -43,10 +52,20 @@ DERIVED_IMAGES = {
     ("gitea", "1.28.0-rootless"): "ENV STANDIN_VERSION=1.28.0 STANDIN_MIGRATION_FAILS=true",
     ("gitea", "1.28.1-rootless"): "ENV STANDIN_VERSION=1.28.1",
     ("gitea", "1.29.0-rootless"): "ENV STANDIN_VERSION=1.29.0 STANDIN_MIGRATION_FAILS=true",
+    ("postgres", "17.0-broken"): 'CMD ["sh", "-c", "echo this postgres build is broken >&2; exit 1"]',
 }
+CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
+ROWS = 20_000
+# Every row of the PostgreSQL upgrade's tables, in one digest.
+CONTENT = ("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM "
+           "(SELECT 'a' || a::text AS t FROM upgrade_accounts a UNION ALL "
+           "SELECT 'o' || o::text FROM upgrade_orders o) rows;")
 
 testbed, images, target = test_replay.testbed, test_replay.images, test_replay.target
-rollback_seconds: dict[str, float] = {}
+# Seconds from the failed health check to the previous image serving again (its healthcheck passes)
+# and to Docker marking it healthy (at its healthcheck's next interval).
+rollback_seconds: dict[str, dict[str, float]] = {}
+upgrade_seconds: dict[str, float] = {}
 
 
 def push_to_registry(testbed, images: dict[str, str], tags: dict[str, str],
@@ -70,8 +89,15 @@ def push_to_registry(testbed, images: dict[str, str], tags: dict[str, str],
 
 @pytest.fixture(scope="module")
 def registry(testbed, images) -> dict[str, str]:
-    """The stack's images, from the registry; the derived ones are there too."""
-    return push_to_registry(testbed, images, REGISTRY_TAGS, DERIVED_IMAGES)
+    """The stand-ins, the derived images and PostgreSQL 15 ("postgres-15") in the registry."""
+    older = build_older_postgres_image(testbed.docker_host, CACHE_DIR)
+    return push_to_registry(testbed, {**images, "postgres-15": older}, REGISTRY_TAGS, DERIVED_IMAGES)
+
+
+def stack_images(registry: dict[str, str], **changes: str) -> dict[str, str]:
+    """The stack config's images: the registry's, with PostgreSQL 15 unless `changes` say otherwise."""
+    images = {service: reference for service, reference in registry.items() if service != "postgres-15"}
+    return {**images, "postgres": registry["postgres-15"], **changes}
 
 
 def repository(reference: str) -> str:
@@ -80,7 +106,7 @@ def repository(reference: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack_run(testbed, registry):
-    run = run_program(stack_config(testbed, registry), stack="e2e")
+    run = run_program(stack_config(testbed, stack_images(registry)), stack="e2e")
     store_secrets(testbed, run)
     testbed.boto3_client("ses").verify_domain_identity(Domain=DOMAIN)
     return run
@@ -95,9 +121,9 @@ def converged(testbed, stack_run, target):
     yield
     RESULTS.parent.mkdir(exist_ok=True)
     if rollback_seconds:
-        RESULTS.write_text(json.dumps({"rollback_seconds": rollback_seconds,
-                                       "measured_on": "the e2e testbed (stand-in images, loopback registry)"},
-                                      indent=2) + "\n")
+        RESULTS.write_text(json.dumps({
+            "rollback_seconds": rollback_seconds, "postgres_upgrade_seconds": upgrade_seconds,
+            "measured_on": "the e2e testbed (stand-in images, loopback registry)"}, indent=2) + "\n")
 
 
 def update(testbed, arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -237,7 +263,8 @@ def test_an_nginx_that_does_not_start_is_rolled_back(testbed, registry, converge
     assert result.returncode == 1, result.stderr
     reported = outcome(result)
     assert reported["outcome"] == "rolled-back" and reported["from"] == previous
-    rollback_seconds["nginx"] = reported["rollback_seconds"]
+    rollback_seconds["nginx"] = {"serving_again": reported["rollback_seconds"],
+                                 "healthy_to_docker": reported["settled_seconds"]}
     assert running_image(testbed, "nginx") == previous and health(testbed, "nginx") == "healthy" and served(testbed)
     assert applied_images(testbed) == f"nginx {previous}\n"
     [mail] = mails_after(testbed, mails)
@@ -269,7 +296,8 @@ def test_a_gitea_upgrade_whose_migration_fails_gets_its_database_back(testbed, r
     assert result.returncode == 1, result.stderr
     reported = outcome(result)
     assert reported["outcome"] == "rolled-back"
-    rollback_seconds["gitea (with its database restored)"] = reported["rollback_seconds"]
+    rollback_seconds["gitea (with its database restored)"] = {"serving_again": reported["rollback_seconds"],
+                                                              "healthy_to_docker": reported["settled_seconds"]}
     assert running_image(testbed, "gitea") == registry["gitea"] and health(testbed, "gitea") == "healthy"
     assert gitea_version(testbed) == "1.27.3" and served(testbed)
     # The half-migrated schema is gone: the database is the pre-update dump's.
@@ -284,7 +312,7 @@ def test_a_gitea_upgrade_whose_migration_fails_gets_its_database_back(testbed, r
 
 def converge_with_gitea(testbed, registry, target, tag: str):
     """`pulumi up`'s remote steps with the gitea entry of `images` at `tag`."""
-    images = {**registry, "gitea": repository(registry["gitea"]) + f":{tag}"}
+    images = stack_images(registry, gitea=repository(registry["gitea"]) + f":{tag}")
     return replay(run_program(stack_config(testbed, images), stack="e2e"), target)
 
 
@@ -315,3 +343,73 @@ def test_an_unhealthy_gitea_tag_in_the_stack_config_fails_the_converge_rolled_ba
     assert psql(testbed, "SELECT note FROM update_canary;") == "written before any update"
     # Kept as applied, so a converge with the same config does not start 1.29.0 without the update path.
     assert f"gitea {repository(registry['gitea'])}:1.28.1-rootless" in applied_images(testbed).splitlines()
+
+
+def converge_with_postgres(testbed, registry, target, postgres: str):
+    """`pulumi up`'s remote steps with `postgres` in `images` (and the gitea that runs now)."""
+    images = stack_images(registry, gitea=repository(registry["gitea"]) + ":1.28.1-rootless", postgres=postgres)
+    return replay(run_program(stack_config(testbed, images), stack="e2e"), target)
+
+
+def server_major(testbed) -> str:
+    return psql(testbed, "SHOW server_version_num;")[:2]
+
+
+@pytest.fixture(scope="module")
+def upgrade_data(testbed, converged) -> str:
+    """Rows in two tables with a foreign key and sequences, owned by gitea; their digest."""
+    psql(testbed, f"""
+        CREATE TABLE upgrade_accounts (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, created TIMESTAMPTZ NOT NULL);
+        CREATE TABLE upgrade_orders (id BIGSERIAL PRIMARY KEY,
+            account BIGINT NOT NULL REFERENCES upgrade_accounts (id), note TEXT, amount NUMERIC(12, 2));
+        INSERT INTO upgrade_accounts (name, created)
+            SELECT 'account ' || i, timestamptz '2026-01-01' + i * interval '1 minute' FROM generate_series(1, {ROWS}) i;
+        INSERT INTO upgrade_orders (account, note, amount)
+            SELECT 1 + i % {ROWS}, repeat('x', i % 50), i / 7.0 FROM generate_series(1, {ROWS}) i;
+        ALTER TABLE upgrade_accounts OWNER TO gitea; ALTER TABLE upgrade_orders OWNER TO gitea;""")
+    return psql(testbed, CONTENT)
+
+
+def test_a_postgres_major_upgrade_whose_new_major_does_not_start_puts_the_old_cluster_back(
+        testbed, registry, target, converged, upgrade_data):
+    assert server_major(testbed) == str(OLDER_POSTGRES_MAJOR)
+    assert testbed.path(f"{DATA}/postgres/data/PG_VERSION").read_text().strip() == str(OLDER_POSTGRES_MAJOR)
+    mails = len(testbed.sent_mails())
+    results = converge_with_postgres(testbed, registry, target, repository(registry["postgres"]) + ":17.0-broken")
+    converge = results[-1][1]
+    assert converge.returncode != 0
+    assert b"upgraded to 17 by a dump and restore" in converge.stderr
+    assert b"update.sh rolled postgres back to" in converge.stderr
+    # PostgreSQL 15 with its own files serves Gitea again; nothing of the attempt is left.
+    assert running_image(testbed, "postgres") == registry["postgres-15"] and server_major(testbed) == "15"
+    assert testbed.path(f"{DATA}/postgres/data/PG_VERSION").read_text().strip() == "15"
+    assert not testbed.path(f"{DATA}/postgres-15.before-upgrade").exists()
+    assert psql(testbed, CONTENT) == upgrade_data and served(testbed)
+    assert health(testbed, "gitea") == "healthy" and gitea_version(testbed) == "1.28.1"
+    assert any("postgres" in mail["subject"] and "rolled back" in mail["subject"]
+               for mail in testbed.sent_mails()[mails:])
+
+
+def test_a_postgres_major_upgrade_keeps_every_row_and_removes_the_old_cluster(
+        testbed, registry, target, converged, upgrade_data):
+    gitea_before = containers(testbed)["gitea"]
+    started = time.monotonic()
+    results = converge_with_postgres(testbed, registry, target, registry["postgres"])
+    took = upgrade_seconds["converge with a 15 -> 17 upgrade, 40,000 rows"] = round(time.monotonic() - started, 1)
+    step, converge = results[-1]
+    assert converge.returncode == 0, converge.stderr.decode()[-3000:]
+    assert b"upgrading PostgreSQL 15 to 17 by dump and restore" in converge.stderr
+    assert running_image(testbed, "postgres") == registry["postgres"] and server_major(testbed) == "17"
+    assert testbed.path(f"{DATA}/postgres/data/PG_VERSION").read_text().strip() == "17"
+    assert psql(testbed, CONTENT) == upgrade_data
+    assert psql(testbed, "SELECT count(*) FROM upgrade_orders o JOIN upgrade_accounts a ON a.id = o.account;") \
+        == str(ROWS)
+    assert psql(testbed, "SELECT note FROM update_canary;") == "written before any update"
+    # Sequences carry on where they were, and Gitea owns what it owned.
+    assert psql(testbed, "INSERT INTO upgrade_accounts (name, created) VALUES ('after', now()) RETURNING id;") \
+        .splitlines()[0] == str(ROWS + 1)
+    assert psql(testbed, "SELECT tableowner FROM pg_tables WHERE tablename = 'upgrade_orders';") == "gitea"
+    assert not testbed.path(f"{DATA}/postgres-15.before-upgrade").exists()
+    assert containers(testbed)["gitea"][0] == gitea_before[0] and served(testbed)
+    assert schema(testbed) == "328"
+    print(f"\nPostgreSQL 15 -> 17 with {2 * ROWS} rows: the converge took {took:.0f}s")
