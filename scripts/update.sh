@@ -112,8 +112,8 @@ validate() {
   if [ "$service" = postgres ] && [ -n "$tag" ]; then
     local major=${tag%%[!0-9]*}
     if [ -n "$major" ] && [ -n "${POSTGRES_MAJOR:-}" ] && [ "$major" != "$POSTGRES_MAJOR" ]; then
-      refuse "$tag is PostgreSQL $major and the data is PostgreSQL $POSTGRES_MAJOR: a major upgrade goes through" \
-        "the stack config (docs/runbooks/update.md, \"PostgreSQL major upgrade\"), not update.sh --to"
+      refuse "$tag is PostgreSQL $major and the stack config names PostgreSQL $POSTGRES_MAJOR: a major upgrade" \
+        "goes through the stack config (docs/runbooks/update.md, \"PostgreSQL major upgrade\"), not update.sh --to"
     fi
   fi
 }

@@ -20,11 +20,13 @@ cd "$project_dir"
 
 # Debian packages of the host tier, one per tool the tests call (user-mode-linux and kmod: a kernel
 # of the tests' own for online resize2fs, which needs a capability this sandbox's root lacks;
+# patchelf: Debian unstable's UML, on CPUs whose XSAVE area Debian 12's cannot take, see
+# tests/harness/uml.py; docker-registry: the image registry of the update tests;
 # restic and postgresql: backup.sh's real restic against a real PostgreSQL cluster; git: a real
 # repository to back up and fsck after the restore).
 debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
   docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init
-  user-mode-linux kmod restic postgresql git docker-registry)
+  user-mode-linux kmod patchelf restic postgresql git docker-registry)
 
 missing_packages() {
   local package
