@@ -130,6 +130,8 @@ refuse_another_postgres_major() {
       "gitea-stack:images a $major.x tag, then run pulumi up again"
   fi
   if [[ $major =~ ^[0-9]+$ ]] && [ "$major" -lt "$POSTGRES_MAJOR" ]; then
+    # docker, not compose: --check runs from the uploaded bundle, which compose cannot load yet
+    # (its runtime/ files are written by the converge).
     if [ -n "$(docker ps --quiet --filter label=com.docker.compose.project=gitea-stack \
       --filter label=com.docker.compose.service=postgres)" ]; then
       log "the data volume holds PostgreSQL $major data: it is upgraded to $POSTGRES_MAJOR by a dump and restore" \

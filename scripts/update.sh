@@ -215,15 +215,25 @@ new_image_healthy() {
 
 seconds_since() { awk -v from="$1" -v to="${2:-$EPOCHREALTIME}" 'BEGIN { printf "%.1f", to - from }'; }
 
+# Whether DATA_DIR has room for $1 times the gitea database's size: 0 yes, 1 no, 2 PostgreSQL did
+# not say its size. Sets need_kib and free_kib.
+room_for_database() {
+  local size_kib
+  size_kib=$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=postgres \
+    --dbname=gitea --command="SELECT pg_database_size('gitea') / 1024") || return 2
+  need_kib=$((size_kib * $1))
+  free_kib=$(df --output=avail -k "$DATA_DIR" | tail -n 1 | tr -d ' ')
+  [ "$free_kib" -ge "$need_kib" ]
+}
+
 # gitea only: its database (pg_dump, custom format) and app.ini, kept until the update is done.
 dump_gitea() {
-  local free_kib need_kib
   umask 077
   install -d -m 0700 "$PRE_UPDATE_DIR"
-  need_kib=$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=postgres \
-    --dbname=gitea --command="SELECT pg_database_size('gitea') / 1024") || return 1
-  free_kib=$(df --output=avail -k "$DATA_DIR" | tail -n 1 | tr -d ' ')
-  if [ "$free_kib" -lt "$need_kib" ]; then
+  local room=0
+  room_for_database 1 || room=$?
+  if [ "$room" -eq 2 ]; then return 1; fi
+  if [ "$room" -ne 0 ]; then
     log "error: the database takes ${need_kib} KiB and $DATA_DIR has ${free_kib} KiB free: no room for its dump"
     return 1
   fi
@@ -248,12 +258,21 @@ restore_gitea_database() {
   if [ -f "$PRE_UPDATE_DIR/app.ini" ]; then cp -p "$PRE_UPDATE_DIR/app.ini" "$DATA_DIR/gitea/config/app.ini"; fi
 }
 
+# nginx resolves gitea once; a new or restarted gitea container may have a new address.
+point_nginx_at_gitea() {
+  if [ -n "$(compose ps --quiet nginx)" ]; then compose exec -T nginx nginx -s reload >/dev/null 2>&1 || true; fi
+}
+
 recreate() {
   compose up --detach --no-deps --force-recreate "$service" >/dev/null || return 1
-  # nginx resolves gitea once; a new gitea container may have a new address.
-  if [ "$service" = gitea ] && [ -n "$(compose ps --quiet nginx)" ]; then
-    compose exec -T nginx nginx -s reload >/dev/null || true
-  fi
+  if [ "$service" = gitea ]; then point_nginx_at_gitea; fi
+}
+
+# The recorded image under its reference again (a pull of the same tag moved the tag), and compose
+# told to run it.
+put_back_recorded_image() {
+  docker tag "$from_id" "$from_image" || return 1
+  set_applied_image "$service" "$from_image"
 }
 
 # Puts back the recorded image (and gitea's database); sets rollback_seconds.
@@ -262,9 +281,7 @@ roll_back() {
   log "rolling $service back to $from_image"
   if is_daemon "$service"; then compose stop "$service" >/dev/null 2>&1 || true; fi
   if [ "$service" = gitea ]; then restore_gitea_database || return 1; fi
-  # The recorded image under its reference again (a pull of the same tag moved the tag).
-  docker tag "$from_id" "$from_image" || return 1
-  set_applied_image "$service" "$from_image"
+  put_back_recorded_image || return 1
   if is_daemon "$service"; then recreate || return 1; fi
   new_image_healthy || return 1
   rollback_seconds=$(seconds_since "$started" "$serving_at") settled_seconds=$(seconds_since "$started")
@@ -288,7 +305,7 @@ SQL
 restart_gitea() {
   compose up --detach --no-deps gitea >/dev/null || return 1
   service=gitea new_image_healthy || return 1
-  compose exec -T nginx nginx -s reload >/dev/null 2>&1 || true
+  point_nginx_at_gitea
 }
 
 # postgres, new major: a dump of the gitea database (Gitea stopped, so nothing is written after
@@ -333,8 +350,7 @@ undo_postgres_major_upgrade() {
     rm -rf "$(postgres_data_dir "$target_major")"  # the new cluster, made from the dump
     mv "$kept_cluster" "$old_cluster" || return 1
   fi
-  docker tag "$from_id" "$from_image" || return 1
-  set_applied_image postgres "$from_image"
+  put_back_recorded_image || return 1
   compose up --detach --no-deps --force-recreate postgres >/dev/null || return 1
   new_image_healthy || return 1
   restart_gitea || return 1
@@ -348,7 +364,6 @@ undo_update() { if [ -n "$major_upgrade" ]; then undo_postgres_major_upgrade; el
 # whether it can be done: a newer major, no earlier upgrade's cluster left aside, room for the
 # dump and the new cluster. Refused before anything is pulled or changed.
 plan_postgres_major_upgrade() {
-  local need_kib free_kib
   major_upgrade=''
   [ "$service" = postgres ] || return 0
   data_major=$(postgres_data_majors | tail -n 1)
@@ -363,17 +378,16 @@ plan_postgres_major_upgrade() {
   if [ -e "$kept_cluster" ]; then
     refuse "$kept_cluster is left from an earlier upgrade of PostgreSQL $data_major; look at it and remove it first"
   fi
-  need_kib=$(compose exec -T postgres psql --no-psqlrc --tuples-only --no-align --username=postgres \
-    --dbname=gitea --command="SELECT pg_database_size('gitea') / 1024 * 2") || refuse "cannot ask PostgreSQL for the database's size"
-  free_kib=$(df --output=avail -k "$DATA_DIR" | tail -n 1 | tr -d ' ')
-  if [ "$free_kib" -lt "$need_kib" ]; then
+  local room=0
+  room_for_database 2 || room=$?
+  if [ "$room" -eq 2 ]; then refuse "cannot ask PostgreSQL for the database's size"; fi
+  if [ "$room" -ne 0 ]; then
     refuse "a PostgreSQL major upgrade needs room for a dump and a new cluster, about ${need_kib} KiB, and $DATA_DIR has ${free_kib} KiB free"
   fi
   major_upgrade=true
 }
 
-# Applies `target` to `service`. Returns (as exit codes above) through finish, or, with --auto,
-# sets result_code and returns.
+# Applies `target` to `service`; ends the script through finish, with the exit codes above.
 update_service() {
   record_running_image
   [ -n "$from_image" ] || refuse "$service has no image in images.conf"

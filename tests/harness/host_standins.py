@@ -134,6 +134,13 @@ def layout_mount_problems(compose_text: str, services: tuple[str, ...] = ("nginx
     return problems
 
 
+def moto_sent_mails(url: str) -> list[dict]:
+    """The mails the moto server at `url` took through SES, oldest first: {"subject", "body", "source",
+    "destinations"}."""
+    with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=10) as response:
+        return json.load(response)["ses"]["Message"]
+
+
 class MotoServer:
     """moto's server on loopback: a real Secrets Manager API. A child of the test, stopped by its PID."""
 
@@ -175,9 +182,7 @@ class MotoServer:
         self.client("ses").verify_domain_identity(Domain=domain)
 
     def sent_mails(self) -> list[dict]:
-        """The mails SES took, oldest first: {"subject", "body", "source", "destinations"}."""
-        with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=10) as response:
-            return json.load(response)["ses"]["Message"]
+        return moto_sent_mails(self.url)
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -79,6 +79,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gitea_stack.rendering import DATA_MOUNT_POINT
 from gitea_stack.versions import DOCKER_PACKAGES
+from tests.harness.host_standins import moto_sent_mails
 from tests.harness.acme import (
     PEBBLE_ENVIRONMENT,
     challtestsrv_argv,
@@ -575,9 +576,8 @@ class Testbed:
         return address
 
     def sent_mails(self) -> list[dict]:
-        """The mails moto's SES took, oldest first: {"subject", "body", "source", "destinations"}."""
-        with urllib.request.urlopen(f"{self.moto_url}/moto-api/data.json", timeout=10) as response:
-            return json.load(response)["ses"]["Message"]
+        """The mails moto's SES took, oldest first (host_standins.moto_sent_mails)."""
+        return moto_sent_mails(self.moto_url)
 
     def systemctl_calls(self) -> list[list[str]]:
         """Each systemctl call so far, as its argument list."""
