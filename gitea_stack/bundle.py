@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitea_stack.rendering import DATA_MOUNT_POINT, read_script, render_template
+from gitea_stack.rendering import DATA_MOUNT_POINT, TEMPLATES_DIR, read_script, render_template
 from gitea_stack.settings import Settings
 from gitea_stack.sizing import memory_limits_mib
 from gitea_stack.versions import DIUN_INCLUDE_TAGS, UPDATE_POLICY, postgres_major
@@ -74,7 +74,21 @@ TEMPLATES: dict[str, tuple[str, int]] = {
     "systemd/docker.service.d/10-gitea-stack.conf": ("systemd/docker.service.d/10-gitea-stack.conf.j2", 0o644),
     "diun/images.yml": ("diun/images.yml.j2", 0o644),
     "docker-socket-proxy/haproxy.cfg": ("docker-socket-proxy/haproxy.cfg.j2", 0o644),
+    # The observability plane (docs/monitoring.md, docs/logging.md).
+    "prometheus/prometheus.yml": ("prometheus/prometheus.yml.j2", 0o644),
+    "blackbox/blackbox.yml": ("blackbox/blackbox.yml.j2", 0o644),
+    # Holds no secret: deploy.sh puts the SMTP endpoint and user name from Secrets Manager into a
+    # private copy (secrets/alertmanager/alertmanager.yml) that Alertmanager reads.
+    "alertmanager/alertmanager.yml": ("alertmanager/alertmanager.yml.j2", 0o644),
+    "grafana/grafana.ini": ("grafana/grafana.ini.j2", 0o644),
+    "grafana/provisioning/datasources/datasources.yml": ("grafana/provisioning/datasources/datasources.yml.j2", 0o644),
+    "grafana/provisioning/dashboards/dashboards.yml": ("grafana/provisioning/dashboards/dashboards.yml.j2", 0o644),
+    "loki/config.yml": ("loki/config.yml.j2", 0o644),
+    "alloy/config.alloy": ("alloy/config.alloy.j2", 0o644),
 }
+# Directories of templates/ copied as they are: alert rules and dashboards are full of `{{ }}` of
+# their own (Prometheus and Grafana templating), which Jinja must not touch.
+STATIC_DIRS = ("prometheus/rules", "grafana/dashboards")
 # Host scripts, copied as they are (no rendering): they read settings.env and stack-facts.env.
 SCRIPTS = ("lib.sh", "deploy.sh", "grow-data-filesystem.sh", "renew-certificates.sh", "fetch-secrets.py",
            "backup.sh", "backup-support.py", "send-mail.py", "restore.sh", "restore-support.py",
@@ -123,8 +137,24 @@ def template_context(settings: Settings, memory_mib: int, layout: HostLayout) ->
         "include_tags": DIUN_INCLUDE_TAGS,
         "file_watched": [{"image": settings.images[service], "include_tags": DIUN_INCLUDE_TAGS[service],
                           "update_policy": UPDATE_POLICY[service]} for service in FILE_WATCHED_SERVICES],
+        "metrics_retention_days": settings.metrics_retention_days,
+        "metrics_retention_size": prometheus_retention_size(settings.data_volume_gib),
+        "logs_retention_days": settings.logs_retention_days,
         "layout": layout,
     }
+
+
+def prometheus_retention_size(data_volume_gib: int) -> str:
+    """Prometheus' size bound (--storage.tsdb.retention.size): a tenth of the data volume, at least
+    1 GiB, so metrics can never fill the volume the forge's data lives on, whatever the time bound."""
+    return f"{max(1, data_volume_gib // 10)}GB"
+
+
+def static_files() -> dict[str, str]:
+    """The files of STATIC_DIRS, by bundle path."""
+    return {str(path.relative_to(TEMPLATES_DIR)): path.read_text()
+            for directory in STATIC_DIRS for path in sorted((TEMPLATES_DIR / directory).rglob("*"))
+            if path.is_file() and not path.name.startswith(".")}
 
 
 def render_bundle(settings: Settings, memory_mib: int, layout: HostLayout = PRODUCTION) -> Bundle:
@@ -132,6 +162,8 @@ def render_bundle(settings: Settings, memory_mib: int, layout: HostLayout = PROD
     context = template_context(settings, memory_mib, layout)
     bundle: Bundle = {path: (render_template(template, **context), mode)
                       for path, (template, mode) in TEMPLATES.items()}
+    for relative, content in static_files().items():
+        bundle[relative] = (content, 0o644)
     for script in SCRIPTS:
         bundle[f"scripts/{script}"] = (read_script(script), 0o755)
     return dict(sorted(bundle.items()))

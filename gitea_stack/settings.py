@@ -127,6 +127,8 @@ class Settings:
     snapshot_retention_days: int = 7
     backup_schedule: str = "hourly"
     restore_from: RestoreSource | None = None
+    metrics_retention_days: int = 30
+    logs_retention_days: int = 30
 
     @property
     def tags(self) -> dict[str, str]:
@@ -557,6 +559,10 @@ KEYS: tuple[Key, ...] = (
     Key("snapshotRetentionDays", "snapshot_retention_days",
         int_parser(1, 365, "a number of days from 1 to 365 (one snapshot a day is kept that long)"), 7),
     Key("restoreFrom", "restore_from", parse_restore_source, None),  # None: no restore
+    Key("metricsRetentionDays", "metrics_retention_days",
+        int_parser(1, 3650, "a number of days from 1 to 3650 (Prometheus keeps samples that long)"), 30),
+    Key("logsRetentionDays", "logs_retention_days",
+        int_parser(1, 3650, "a number of days from 1 to 3650 (Loki keeps logs that long)"), 30),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 

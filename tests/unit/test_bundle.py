@@ -11,6 +11,7 @@ import yaml
 from gitea_stack import bundle as bundle_module
 from gitea_stack.bundle import PRODUCTION, HostLayout, bundle_digest
 from gitea_stack.cli import main as cli_main
+from gitea_stack.rendering import TEMPLATES_DIR
 from gitea_stack.versions import DEFAULT_IMAGES, UPDATE_POLICY, image_tag
 from tests.harness.bundles import VARIANTS, render, variant
 
@@ -28,7 +29,17 @@ EXPECTED_FILES = {
     "systemd/docker.service.d/10-gitea-stack.conf", "diun/images.yml", "docker-socket-proxy/haproxy.cfg",
     "images.conf", "scripts/update.sh", "scripts/update-support.py",
     "systemd/gitea-stack-update.service", "systemd/gitea-stack-update.timer",
+    "prometheus/prometheus.yml", "blackbox/blackbox.yml", "alertmanager/alertmanager.yml",
+    "grafana/grafana.ini", "grafana/provisioning/datasources/datasources.yml",
+    "grafana/provisioning/dashboards/dashboards.yml", "loki/config.yml", "alloy/config.alloy",
 }
+# Copied as they are from templates/: every file there is in the bundle.
+STATIC_DIRS = ("prometheus/rules", "grafana/dashboards")
+
+
+def static_files():
+    return {str(path.relative_to(TEMPLATES_DIR)) for directory in STATIC_DIRS
+            for path in (TEMPLATES_DIR / directory).rglob("*") if path.is_file() and not path.name.startswith(".")}
 
 
 def compose(settings, layout=PRODUCTION):
@@ -43,7 +54,7 @@ def test_rendering_is_deterministic(name):
 
 def test_the_bundle_has_every_file_with_its_mode():
     rendered = render(variant("example"))
-    assert set(rendered) == EXPECTED_FILES
+    assert set(rendered) == EXPECTED_FILES | static_files()
     assert {path for path, (_, mode) in rendered.items() if mode == 0o755} == {
         path for path in EXPECTED_FILES if path.startswith("scripts/")}
 

@@ -223,7 +223,8 @@ def test_every_documented_key_is_known():
                   "sshAllowedCidrs", "adminSshPort", "gitSshPort", "instanceType", "rootVolumeGiB",
                   "dataVolumeGiB", "backupRetentionDays", "retainDataOnDestroy", "secretRecoveryWindowDays",
                   "images", "acmeServer", "awsEndpointUrl", "extraEgressPorts", "auditLogRetentionDays",
-                  "adopt", "snapshotRetentionDays", "backupSchedule", "restoreFrom"}
+                  "adopt", "snapshotRetentionDays", "backupSchedule", "restoreFrom",
+                  "metricsRetentionDays", "logsRetentionDays"}
     assert set(KEY_NAMES) == documented
 
 
