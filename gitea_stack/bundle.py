@@ -21,6 +21,29 @@ from gitea_stack.versions import DIUN_INCLUDE_TAGS, UPDATE_POLICY, postgres_majo
 
 
 @dataclass(frozen=True)
+class MonitoringLayout:
+    """What Prometheus scrapes and alerts to (host:port), and where its files are: names on the compose
+    network and paths inside the containers in production; loopback ports and test paths in tests."""
+    prometheus: str = "localhost:9090"
+    alertmanager: str = "alertmanager:9093"
+    node_exporter: str = "node-exporter:9100"
+    postgres_exporter: str = "postgres-exporter:9187"
+    blackbox_exporter: str = "blackbox-exporter:9115"
+    cadvisor: str = "cadvisor:8080"
+    gitea: str = "gitea:3000"
+    alloy: str = "alloy:12345"
+    loki: str = "loki:3100"
+    config_dir: str = "/etc/prometheus"
+    secrets_dir: str = "/run/gitea-stack"
+    # Empty: https://<domain>/api/healthz, through DNS, the Elastic IP and nginx, as users come.
+    https_probe_url: str = ""
+    # Git over SSH where the host publishes it: Docker's host gateway seen from the blackbox container.
+    git_ssh_probe_host: str = "host.docker.internal"
+    # Empty: the system's CAs (the real certificate is publicly trusted); tests give their test CA.
+    probe_ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class HostLayout:
     bundle_dir: str = "/opt/gitea-stack"
     data_dir: str = DATA_MOUNT_POINT
@@ -45,6 +68,7 @@ class HostLayout:
     acme_webroot: str = "/var/www/certbot"
     # nginx >= 1.25.1 turns HTTP/2 on with `http2 on;`; older ones (Debian 12's 1.22) on `listen`.
     nginx_http2_directive: bool = True
+    monitoring: MonitoringLayout = MonitoringLayout()
 
 
 PRODUCTION = HostLayout()

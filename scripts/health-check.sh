@@ -30,11 +30,13 @@
 #   HEALTH_REMINDER_HOURS (default 24); HEALTH_STATE_FILE (default DATA_DIR/state/health-state.json);
 #   BACKUP_STATUS_FILE (default DATA_DIR/state/backup-status.json); BACKUP_TIMER_UNIT (default
 #   /etc/systemd/system/gitea-stack-backup.timer: a new forge's first backup is awaited from its install);
-#   GITEA_STACK_LOCK (default /run/lock/gitea-stack.lock).
+#   GITEA_STACK_LOCK (default /run/lock/gitea-stack.lock); METRICS_DIR (default DATA_DIR/metrics):
+#   every run writes the checks and the state of backups, restore drills and updates there as
+#   metrics for Prometheus (gitea-stack.prom, read by node_exporter's textfile collector).
 # Exit codes: 0 every check passed (--notify: also when it skipped for another job); 1 at least one
 #   check failed: each failed one is named on stderr; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,35s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,38s/^# \{0,1\}//p' "$0"; }
 output=human
 notify=false
 while [ $# -gt 0 ]; do
@@ -280,6 +282,14 @@ else
   python3 "$SUPPORT" report "$results" || status=$?
 fi
 [ "$status" -le 1 ] || die "health-support.py report failed (exit code $status)"
+
+# Prometheus alerts on these (docs/monitoring.md); a failure here must not hide the checks' result.
+metrics_dir=${METRICS_DIR:-$DATA_DIR/metrics}
+if ! { install -d -m 0755 "$metrics_dir" && python3 "$SUPPORT" metrics "$metrics_dir/gitea-stack.prom" "$results" \
+  "${BACKUP_SCHEDULE:-hourly}" "$BACKUP_STATUS" "$DATA_DIR/state/restore-drill-status.json" \
+  "$DATA_DIR/state/update-status.json"; }; then
+  log "warning: could not write the metrics in $metrics_dir"
+fi
 
 if [ "$notify" = true ]; then
   # A deploy that started while we checked made the failures we saw: they are no news either.

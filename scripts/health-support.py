@@ -16,6 +16,10 @@ Usage: health-support.py check-backup STATUS_FILE CALENDAR TIMER_UNIT
          the mail to send (the subject, an empty line, the body) or nothing: a mail when the set of
          failed checks changes (failing, recovered) and a reminder every REMINDER_HOURS while it
          stays the same, never one on every failing run
+       health-support.py metrics OUT_FILE RESULTS_FILE CALENDAR BACKUP_STATUS DRILL_STATUS UPDATE_STATUS
+         writes the state of backups, restore drills, updates and these checks as Prometheus metrics
+         (text format, mode 0644, atomically) for node_exporter's textfile collector: the alert
+         rules read them (docs/monitoring.md). A status file not written yet gives no metric.
 Exit codes: 0 done (report: every check passed); 1 report: a check failed, or an error; 2 bad usage.
 """
 
@@ -220,6 +224,83 @@ def notify(results_file: str, state_file: str, reminder_hours: str) -> int:
     return 0
 
 
+# Update outcomes that leave the service on the image it should run.
+UPDATE_SUCCEEDED = ("updated", "up-to-date")
+
+
+def read_json(path: str) -> dict:
+    """A status file as a dict; empty when it is missing or unreadable (its metrics are then absent)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def timestamp(text: object) -> float | None:
+    try:
+        return parse_iso(str(text)).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(checks: list[dict], interval: int, backup: dict, drill: dict, updates: dict,
+                 moment: datetime.datetime) -> str:
+    """The metrics of docs/monitoring.md in Prometheus' text format."""
+    families: list[tuple[str, str, list[tuple[str, float]]]] = []
+
+    def family(name: str, help_text: str, samples: list[tuple[str, float | None]]) -> None:
+        present = [(labels, value) for labels, value in samples if value is not None]
+        if present:
+            families.append((name, help_text, present))
+
+    family("gitea_stack_backup_interval_seconds", "Longest gap between two runs of the backup schedule.",
+           [("", float(interval))])
+    family("gitea_stack_backup_last_run_timestamp_seconds", "When the last backup run finished.",
+           [("", timestamp(backup.get("finished")))])
+    family("gitea_stack_backup_last_run_success", "1 if the last backup run succeeded, 0 if it failed.",
+           [("", float(backup["state"] == "ok") if "state" in backup else None)])
+    family("gitea_stack_backup_last_success_timestamp_seconds", "When the last successful backup run finished.",
+           [("", timestamp(backup.get("last_success")))])
+    family("gitea_stack_restore_drill_last_run_timestamp_seconds", "When the last restore drill finished.",
+           [("", timestamp(drill.get("finished")))])
+    family("gitea_stack_restore_drill_last_run_success", "1 if the last restore drill succeeded, 0 if it failed.",
+           [("", float(drill["state"] == "ok") if "state" in drill else None)])
+    services = sorted((updates.get("services") or {}).items())
+    family("gitea_stack_update_last_run_timestamp_seconds", "When update.sh last ran for a service.",
+           [(f'service="{label_value(name)}"', timestamp(run.get("at"))) for name, run in services])
+    family("gitea_stack_update_last_run_success",
+           "1 if update.sh's last run for a service left it updated or up to date, 0 if not (rolled back, failed).",
+           [(f'service="{label_value(name)}"', float(run.get("outcome") in UPDATE_SUCCEEDED)) for name, run in services])
+    family("gitea_stack_health_check_success", "1 if the health check passed, 0 if it failed.",
+           [(f'check="{label_value(check["name"])}"', float(check["status"] == "ok")) for check in checks])
+    family("gitea_stack_health_check_last_run_timestamp_seconds", "When health-check.sh last ran its checks.",
+           [("", moment.timestamp())])
+    lines = []
+    for name, help_text, samples in families:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {value!r}" if labels else f"{name} {value!r}" for labels, value in samples]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(out_file: str, results_file: str, calendar: str, backup_status: str, drill_status: str,
+                  update_status: str) -> int:
+    interval = schedule_interval(calendar) or FALLBACK_INTERVAL_S
+    text = metrics_text(read_results(results_file), interval, read_json(backup_status), read_json(drill_status),
+                        read_json(update_status), now())
+    path = Path(out_file)
+    # node_exporter reads the directory as another user, and must never see a half-written file.
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    temporary.replace(path)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, arguments = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
     if command in ("-h", "--help"):
@@ -233,6 +314,8 @@ def main(argv: list[str]) -> int:
         return report(arguments[0], as_json=arguments[1:] == ["--json"])
     if command == "notify" and len(arguments) == 3:
         return notify(*arguments)
+    if command == "metrics" and len(arguments) == 6:
+        return write_metrics(*arguments)
     print(__doc__.strip(), file=sys.stderr)
     return 2
 

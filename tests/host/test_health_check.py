@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from gitea_stack.bundle import HostLayout, write_bundle
+from gitea_stack.bundle import HostLayout, MonitoringLayout, write_bundle
 from gitea_stack.settings import parse_settings
 from tests.harness.bundles import BASE, render
 from tests.harness.forge_host import ForgeHost, forge_host
@@ -142,7 +142,8 @@ def not_after(certificate: Path) -> datetime.datetime:
 # --- the services behind the checks ---------------------------------------------------------------
 
 class HealthzHandler(BaseHTTPRequestHandler):
-    """Gitea's /api/healthz: 200 and "pass", or 500 and "fail" while the upstream is told to fail."""
+    """Gitea's /api/healthz: 200 and "pass", or 500 and "fail" while the upstream is told to fail; and
+    its /metrics behind the metrics token, as Gitea answers them with [metrics] TOKEN set."""
 
     upstream: GiteaStandIn
 
@@ -151,6 +152,8 @@ class HealthzHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.upstream.requests.append((self.path, self.headers.get("Host", "")))
+        if self.path == "/metrics":
+            return self.metrics()
         healthy = self.path == "/api/healthz" and not self.upstream.failing
         payload = json.dumps({"status": "pass" if healthy else "fail", "description": "Gitea: Git with a cup of tea",
                               "checks": {"cache:ping": [{"status": "pass"}]}}).encode()
@@ -160,11 +163,25 @@ class HealthzHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def metrics(self):
+        authorization = self.headers.get("Authorization", "")
+        self.upstream.metrics_authorizations.append(authorization)
+        allowed = authorization == f"Bearer {self.upstream.metrics_token}"
+        payload = (b"# TYPE gitea_build_info gauge\ngitea_build_info{version=\"1.27.3\"} 1\n"
+                   b"# TYPE gitea_users gauge\ngitea_users 3\n") if allowed else b"Unauthorized\n"
+        self.send_response(200 if allowed else 401)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
 
 class GiteaStandIn(ServedInThread):
     def __init__(self):
         self.requests: list[tuple[str, str]] = []
         self.failing = False
+        self.metrics_token = "test-metrics-token"
+        self.metrics_authorizations: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (HealthzHandler,), {"upstream": self}))
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -205,6 +222,8 @@ class HealthHost:
     gitea: GiteaStandIn
     ssh: SshBannerListener | None
     postgres: subprocess.Popen | None = None  # a cluster restarted by a test
+    # Loopback addresses of the monitoring plane (tests/host/test_monitoring.py runs it on this host).
+    monitoring: MonitoringLayout = MonitoringLayout()
 
     @property
     def root(self) -> Path:
@@ -314,7 +333,15 @@ def testbed() -> Iterator[HealthHost]:
             shutil.copyfile(source, live_dir / target)
         settings = parse_settings({**BASE, "domain": DOMAIN, "alertEmails": [ALERT_EMAIL], "gitSshPort": ssh_port,
                                    "awsEndpointUrl": host.moto.url}, STACK)
-        layout = HostLayout(bundle_dir=str(bundle_dir), data_dir=str(data_dir), http_listen=f"127.0.0.1:{http_port}",
+        monitoring = MonitoringLayout(
+            **{name: f"127.0.0.1:{free_port()}" for name in (
+                "prometheus", "alertmanager", "node_exporter", "postgres_exporter", "blackbox_exporter", "cadvisor",
+                "alloy", "loki")},
+            gitea=f"127.0.0.1:{gitea.port}", config_dir=str(bundle_dir / "prometheus"),
+            secrets_dir=str(bundle_dir / "secrets/prometheus"),
+            https_probe_url=f"https://127.0.0.1:{https_port}/api/healthz", git_ssh_probe_host="127.0.0.1",
+            probe_ca_file=str(certificates / "ca.pem"))
+        layout = HostLayout(monitoring=monitoring, bundle_dir=str(bundle_dir), data_dir=str(data_dir), http_listen=f"127.0.0.1:{http_port}",
                             https_listen=f"127.0.0.1:{https_port}", gitea_upstream=f"127.0.0.1:{gitea.port}",
                             letsencrypt_dir=str(data_dir / "letsencrypt"), acme_webroot=str(data_dir / "acme-webroot"),
                             nginx_http2_directive=supports_http2_directive(nginx_binary))
@@ -333,7 +360,7 @@ def testbed() -> Iterator[HealthHost]:
         try:
             with NginxServer(root / "nginx", sites, [http_port, https_port]) as nginx:
                 bed = HealthHost(host, bundle_dir, bin_dir, ca_file, certificates, live_dir, https_port, ssh_port,
-                                 nginx, gitea, SshBannerListener(ssh_port).__enter__())
+                                 nginx, gitea, SshBannerListener(ssh_port).__enter__(), monitoring=monitoring)
                 bed.write_backup_status(datetime.timedelta(minutes=20))
                 yield bed
         finally:
@@ -595,6 +622,53 @@ def test_each_check_fails_on_its_own(testbed, breakage):
     # Put back: everything passes again.
     after = testbed.check()
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_every_run_writes_the_checks_and_the_backup_state_as_metrics(testbed):
+    metrics_file = testbed.data_dir / "metrics" / "gitea-stack.prom"
+    finished = testbed.write_backup_status(datetime.timedelta(minutes=20))
+    drill = testbed.data_dir / "state" / "restore-drill-status.json"
+    updates = testbed.data_dir / "state" / "update-status.json"
+    drill.write_text(json.dumps({"state": "failed", "finished": finished}))
+    updates.write_text(json.dumps({"services": {
+        "nginx": {"outcome": "updated", "at": finished}, "gitea": {"outcome": "rolled-back", "at": finished}}}))
+    try:
+        with nginx_stopped(testbed):
+            assert testbed.check().returncode == 1
+        text = metrics_file.read_text()
+    finally:
+        drill.unlink()
+        updates.unlink()
+    # Prometheus' own checker accepts the file node_exporter will serve.
+    checked = subprocess.run([require_tool("promtool", "prometheus"), "check", "metrics"], input=text,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert stat_mode(metrics_file) == 0o644
+    samples = metric_samples(text)
+    finished_at = datetime.datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    assert samples['gitea_stack_health_check_success{check="https"}'] == 0
+    assert samples['gitea_stack_health_check_success{check="database"}'] == 1
+    assert len([name for name in samples if name.startswith("gitea_stack_health_check_success{")]) == len(CHECKS)
+    assert samples["gitea_stack_backup_last_success_timestamp_seconds"] == finished_at
+    assert samples["gitea_stack_backup_last_run_success"] == 1
+    assert samples["gitea_stack_backup_interval_seconds"] == 3600  # backupSchedule hourly
+    assert samples["gitea_stack_restore_drill_last_run_success"] == 0
+    assert samples['gitea_stack_update_last_run_success{service="nginx"}'] == 1
+    assert samples['gitea_stack_update_last_run_success{service="gitea"}'] == 0
+    assert abs(samples["gitea_stack_health_check_last_run_timestamp_seconds"] - time.time()) < 120
+    # A status file not written yet gives no metric, rather than a made-up value.
+    testbed.check()
+    assert "gitea_stack_restore_drill_last_run_success" not in metrics_file.read_text()
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
 
 
 def test_a_certificate_is_checked_from_its_file_when_nginx_does_not_answer(testbed):
