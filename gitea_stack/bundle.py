@@ -181,13 +181,37 @@ def static_files() -> dict[str, str]:
             if path.is_file() and not path.name.startswith(".")}
 
 
+# The bundle files each service reads from a bind mount. Compose cannot see a changed file behind a
+# mount, so their digest is a label of the service: a changed file changes the service's definition
+# and `compose up` recreates exactly that service. (Files with secrets: deploy.sh's runtime/*.env.)
+CONFIG_FILES: dict[str, tuple[str, ...]] = {
+    "docker-socket-proxy": ("docker-socket-proxy/",),
+    "diun": ("diun/",),
+    "prometheus": ("prometheus/",),
+    "blackbox-exporter": ("blackbox/",),
+    "grafana": ("grafana/",),
+    "loki": ("loki/",),
+    "alloy": ("alloy/",),
+}
+COMPOSE_FILE = "docker-compose.yml"
+
+
+def config_digests(bundle: Bundle) -> dict[str, str]:
+    """Per service, a short hash of the bundle files under its CONFIG_FILES prefixes."""
+    return {service: bundle_digest({path: file for path, file in bundle.items() if path.startswith(prefixes)})[:16]
+            for service, prefixes in CONFIG_FILES.items()}
+
+
 def render_bundle(settings: Settings, memory_mib: int, layout: HostLayout = PRODUCTION) -> Bundle:
     """The bundle for `settings` on an instance with `memory_mib` of memory (the limits fit it)."""
     context = template_context(settings, memory_mib, layout)
     bundle: Bundle = {path: (render_template(template, **context), mode)
-                      for path, (template, mode) in TEMPLATES.items()}
+                      for path, (template, mode) in TEMPLATES.items() if path != COMPOSE_FILE}
     for relative, content in static_files().items():
         bundle[relative] = (content, 0o644)
+    compose_template, compose_mode = TEMPLATES[COMPOSE_FILE]
+    bundle[COMPOSE_FILE] = (render_template(compose_template, **context, config_digests=config_digests(bundle)),
+                            compose_mode)
     for script in SCRIPTS:
         bundle[f"scripts/{script}"] = (read_script(script), 0o755)
     return dict(sorted(bundle.items()))

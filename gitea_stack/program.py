@@ -243,6 +243,8 @@ def build_stack(settings: Settings) -> dict[str, Any]:
 
     outputs = {
         "url": settings.https_url,
+        # Dashboards; sign in with a forge account (Gitea's administrators are Grafana's).
+        "grafanaUrl": f"{settings.https_url}grafana/",
         "adminUsername": settings.admin_username,
         # Shown with `pulumi stack output adminPassword --show-secrets`; change it after the first sign-in.
         "adminPassword": pulumi.Output.secret(secrets.values["gitea-admin-password"]),

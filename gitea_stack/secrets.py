@@ -26,6 +26,13 @@ GENERATED_SECRETS: dict[str, int] = {
     "metrics-token": 40,
     "restic-password": 64,
 }
+# Secrets of the observability plane: nothing stored depends on them (deploy.sh applies them to
+# Grafana's administrator and the database's monitoring role at every converge), so an adopting
+# stack makes new ones, and a destroy removes them.
+PLANE_SECRETS: dict[str, int] = {
+    "grafana-admin-password": 40,
+    "postgres-exporter-password": 40,
+}
 # The old stack's restic password, when `restoreFrom.password` gives it as a config value.
 RESTORE_FROM_PASSWORD = "restore-from-password"
 
@@ -92,15 +99,17 @@ class StackSecrets(pulumi.ComponentResource):
             for key, secret in kept.items():
                 self.values[key] = secret.value
                 self.stored[key] = StoredSecret(secret.arn, secret.name, secret.version_id)
-            self.register_outputs({"secret_names": {key: s.name for key, s in self.stored.items()}})
-            return
-        for key, length in GENERATED_SECRETS.items():
-            generated = random.RandomPassword(
-                f"{name}-{key}", length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
-                opts=pulumi.ResourceOptions(parent=self))
-            self.values[key] = pulumi.Output.secret(generated.result)
-            self.stored[key] = store_secret(
-                f"{name}-{key}-secret", key, self.values[key], settings, parent=self,
-                retain=settings.retain_data_on_destroy)
-
+        else:
+            for key, length in GENERATED_SECRETS.items():
+                self.generate(name, key, length, settings, retain=settings.retain_data_on_destroy)
+        for key, length in PLANE_SECRETS.items():
+            self.generate(name, key, length, settings, retain=False)
         self.register_outputs({"secret_names": {key: s.name for key, s in self.stored.items()}})
+
+    def generate(self, name: str, key: str, length: int, settings: Settings, retain: bool) -> None:
+        generated = random.RandomPassword(
+            f"{name}-{key}", length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
+            opts=pulumi.ResourceOptions(parent=self))
+        self.values[key] = pulumi.Output.secret(generated.result)
+        self.stored[key] = store_secret(f"{name}-{key}-secret", key, self.values[key], settings, parent=self,
+                                        retain=retain)

@@ -16,7 +16,11 @@ MIN_MEMORY_MIB = 2048
 HOST_RESERVE_MIB = 768
 # Share of the rest each service may grow to; small fixed caps for the small services.
 SHARES = {"gitea": 0.45, "postgres": 0.35}
-FIXED_MIB = {"nginx": 256, "certbot": 256, "diun": 128, "docker-socket-proxy": 64}
+FIXED_MIB = {"nginx": 256, "certbot": 256, "diun": 128, "docker-socket-proxy": 64,
+             # The observability plane: caps well above what each was measured to use
+             # (docs/monitoring.md, "Budget"), small enough that the plane cannot starve the forge.
+             "prometheus": 512, "alertmanager": 64, "node-exporter": 64, "postgres-exporter": 64,
+             "blackbox-exporter": 64, "cadvisor": 192, "grafana": 384, "loki": 512, "alloy": 256}
 
 
 class InstanceTypeError(ValueError):

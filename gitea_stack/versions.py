@@ -17,6 +17,18 @@ DEFAULT_IMAGES: dict[str, str] = {
     "diun": "docker.io/crazymax/diun:4.33.0",
     # Stands between Diun and the Docker socket, letting through only the read calls Diun makes.
     "docker-socket-proxy": "docker.io/library/haproxy:3.2.21-alpine",
+    # The observability plane (docs/monitoring.md, docs/logging.md).
+    "prometheus": "docker.io/prom/prometheus:v3.13.2",
+    "alertmanager": "docker.io/prom/alertmanager:v0.33.0",
+    "node-exporter": "docker.io/prom/node-exporter:v1.12.1",
+    "postgres-exporter": "quay.io/prometheuscommunity/postgres-exporter:v0.20.1",
+    "blackbox-exporter": "docker.io/prom/blackbox-exporter:v0.27.0",
+    # v0.54 and later find containers under Docker 29 (google/cadvisor#3709, #3790).
+    "cadvisor": "ghcr.io/google/cadvisor:v0.60.5",
+    "grafana": "docker.io/grafana/grafana:13.2.0",
+    "loki": "docker.io/grafana/loki:3.7.8",
+    # Reads the containers' log files, not the Docker API (docs/logging.md: grafana/alloy#5610).
+    "alloy": "docker.io/grafana/alloy:v1.19.2",
 }
 
 # Ubuntu 24.04 LTS images are published by Canonical under this AWS account.
@@ -32,6 +44,15 @@ DIUN_INCLUDE_TAGS: dict[str, str] = {
     "certbot": r"^v\d+\.\d+\.\d+$",
     "diun": r"^4\.\d+\.\d+$",
     "docker-socket-proxy": r"^3\.2\.\d+-alpine$",  # the 3.2 LTS line
+    "prometheus": r"^v3\.\d+\.\d+$",
+    "alertmanager": r"^v0\.\d+\.\d+$",
+    "node-exporter": r"^v1\.\d+\.\d+$",
+    "postgres-exporter": r"^v0\.\d+\.\d+$",
+    "blackbox-exporter": r"^v0\.\d+\.\d+$",
+    "cadvisor": r"^v0\.\d+\.\d+$",
+    "grafana": r"^13\.\d+\.\d+$",
+    "loki": r"^3\.\d+\.\d+$",
+    "alloy": r"^v1\.\d+\.\d+$",
 }
 
 # Who may apply an update without an operator: low-risk, stateless services only.
@@ -42,6 +63,16 @@ UPDATE_POLICY: dict[str, str] = {
     "certbot": "auto",
     "diun": "auto",
     "docker-socket-proxy": "auto",
+    # The plane holds no forge data: its images may be rebuilt under the same tag weekly too.
+    "prometheus": "auto",
+    "alertmanager": "auto",
+    "node-exporter": "auto",
+    "postgres-exporter": "auto",
+    "blackbox-exporter": "auto",
+    "cadvisor": "auto",
+    "grafana": "auto",
+    "loki": "auto",
+    "alloy": "auto",
 }
 
 # Host packages from Docker's apt repository for Ubuntu 24.04 (noble), installed by install-host.sh.

@@ -75,16 +75,44 @@ def test_a_missing_variable_fails_loudly(monkeypatch):
 
 def test_every_service_is_pinned_limited_logged_and_unprivileged():
     services = compose(variant("example"))["services"]
-    assert set(services) == {"postgres", "gitea", "nginx", "certbot", "diun", "docker-socket-proxy"}
+    assert set(services) == set(DEFAULT_IMAGES)
     for name, service in services.items():
         assert ":" in service["image"] and not service["image"].endswith(":latest"), name
-        assert service["logging"]["options"] == {"max-size": "10m", "max-file": "5"}, name
+        assert service["logging"]["options"] == {"max-size": "10m", "max-file": "5",
+                                                 "labels": "com.docker.compose.service"}, name
         assert int(service["mem_limit"].removesuffix("m")) >= 64, name
         assert service["security_opt"] == ["no-new-privileges:true"], name
         assert not service.get("privileged") and service.get("network_mode") != "host", name
+        assert not service.get("ports") or name in ("gitea", "nginx"), name  # nothing else faces the internet
         if name != "certbot":
             assert service["restart"] == "unless-stopped", name
             assert "healthcheck" in services[name] or name in ("diun", "docker-socket-proxy"), name
+
+
+def test_a_changed_config_file_changes_only_its_service(monkeypatch):
+    before = compose(variant("example"))["services"]
+    static = bundle_module.static_files()
+    monkeypatch.setattr(bundle_module, "static_files",
+                        lambda: {**static, "prometheus/rules/extra.yml": "groups: []\n"})
+    after = compose(variant("example"))["services"]
+    # compose recreates the service whose definition changed, and only that one.
+    assert {name for name in before if before[name] != after[name]} == {"prometheus"}
+    assert all(service["labels"]["gitea-stack.config-digest"]
+               for name, service in after.items() if name in bundle_module.CONFIG_FILES)
+
+
+def test_the_observability_plane_is_internal_and_reaches_out_only_where_it_must():
+    rendered = compose(variant("example"))
+    assert rendered["networks"]["monitoring"] == {"internal": True}
+    services = rendered["services"]
+    outside = {name for name, service in services.items() if "default" in service.get("networks", [])}
+    # diun (registries), alertmanager (SES SMTP), blackbox-exporter (the forge's public address).
+    assert outside == {"diun", "alertmanager", "blackbox-exporter"}
+    assert services["prometheus"]["networks"] == ["monitoring", "frontend"]
+    assert "/var/run/docker.sock" not in str(services["cadvisor"]) + str(services["alloy"])
+    assert services["alloy"]["cap_drop"] == ["ALL"]
+    command = services["prometheus"]["command"]
+    assert "--storage.tsdb.retention.time=30d" in command and "--storage.tsdb.retention.size=5GB" in command
 
 
 def test_gitea_is_configured_through_environment_with_secrets_in_files():
@@ -144,7 +172,7 @@ def test_data_lives_on_the_data_volume():
     assert "/srv/gitea-stack/gitea/data:/var/lib/gitea" in services["gitea"]["volumes"]
 
 
-def test_only_the_socket_proxy_holds_the_docker_socket_and_only_diun_reaches_the_proxy():
+def test_only_the_socket_proxy_holds_the_docker_socket_and_only_diun_and_cadvisor_reach_the_proxy():
     rendered = compose(variant("example"))
     services = rendered["services"]
     holders = {name for name, service in services.items()
@@ -153,7 +181,11 @@ def test_only_the_socket_proxy_holds_the_docker_socket_and_only_diun_reaches_the
     proxy = services["docker-socket-proxy"]
     assert proxy["networks"] == ["docker-api"] and proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
     assert [name for name, service in services.items() if "docker-api" in service.get("networks", [])] == [
-        "docker-socket-proxy", "diun"]
+        "docker-socket-proxy", "diun", "cadvisor"]
+    # The host's root (and the socket in it) is mounted into node-exporter alone, which runs as nobody.
+    root_mounts = {name for name, service in services.items()
+                   if any(volume.split(":")[0] in ("/", "/run", "/var/run") for volume in service.get("volumes", []))}
+    assert root_mounts == {"node-exporter"} and services["node-exporter"]["user"] == "65534:65534"
     assert services["diun"]["environment"]["DIUN_PROVIDERS_DOCKER_ENDPOINT"] == "tcp://docker-socket-proxy:2375"
     assert "bind :2375" in render(variant("example"))["docker-socket-proxy/haproxy.cfg"][0]
 

@@ -14,7 +14,7 @@ import pytest
 
 from gitea_stack import changes
 from gitea_stack.changes import VolumeFacts
-from gitea_stack.secrets import GENERATED_SECRETS
+from gitea_stack.secrets import GENERATED_SECRETS, PLANE_SECRETS
 from tests.harness.pulumi_mocks import REGION, FakeAws, StackRun, run_program
 
 # Inputs of aws.ec2.Instance that make the provider replace it (user data because of
@@ -167,10 +167,13 @@ def test_an_adopted_volume_is_attached_and_none_is_created(adopted_run):
     assert adopted_run.outputs["dataVolumeId"] == KEPT_VOLUME
 
 
-def test_kept_secrets_are_used_and_none_are_generated(adopted_run):
-    assert adopted_run.of_type("random:index/randomPassword:RandomPassword") == []
+def test_kept_secrets_are_used_and_only_the_planes_are_generated(adopted_run):
+    generated = [r.name.removeprefix("secrets-") for r in adopted_run.of_type("random:index/randomPassword:RandomPassword")]
+    assert sorted(generated) == sorted(PLANE_SECRETS)
     created = [s.inputs["namePrefix"] for s in adopted_run.of_type("aws:secretsmanager/secret:Secret")]
-    assert created == [f"gitea-stack/{STACK}/smtp-credentials-"]  # the new SMTP user's, the only new one
+    # The new SMTP user's, and the observability plane's, which nothing stored depends on.
+    assert sorted(created) == sorted([f"gitea-stack/{STACK}/smtp-credentials-",
+                                      *(f"gitea-stack/{STACK}/{key}-" for key in PLANE_SECRETS)])
     facts = bundle_facts(adopted_run)
     for key in GENERATED_SECRETS:
         variable = f"SECRET_{key.upper().replace('-', '_')}"

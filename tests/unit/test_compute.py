@@ -101,7 +101,7 @@ def test_role_may_read_this_stacks_secrets_only(example_run):
     stack_secrets = {r.name: r for r in example_run.of_type("aws:secretsmanager/secret:Secret")}
     expected = {f"arn:aws:secretsmanager:eu-central-1:123456789012:secret:{r.inputs['namePrefix']}MOCK"
                 for r in stack_secrets.values()}
-    assert set(statement["Resource"]) == expected and len(expected) == 8
+    assert set(statement["Resource"]) == expected and len(expected) == 10
 
 
 def test_role_may_send_mail_only_from_the_domain(example_run):

@@ -161,7 +161,9 @@ def test_every_default_image_is_pinned_to_a_full_release(service):
 
 
 def test_every_service_has_a_default_image():
-    assert set(DEFAULT_IMAGES) == {"gitea", "postgres", "nginx", "certbot", "diun", "docker-socket-proxy"}
+    assert set(DEFAULT_IMAGES) == {"gitea", "postgres", "nginx", "certbot", "diun", "docker-socket-proxy",
+                                   "prometheus", "alertmanager", "node-exporter", "postgres-exporter",
+                                   "blackbox-exporter", "cadvisor", "grafana", "loki", "alloy"}
 
 
 # --- the bundle: byte-identical wherever it is rendered, and the same as `render` writes ------------

@@ -47,9 +47,9 @@ EXPECTED_ESTATE = {
     "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": 2,
     "aws:s3/bucketPolicy:BucketPolicy": 2,
     "aws:s3/bucketLogging:BucketLogging": 1,
-    "random:index/randomPassword:RandomPassword": 7,
-    "aws:secretsmanager/secret:Secret": 8,  # 7 generated + SMTP credentials
-    "aws:secretsmanager/secretVersion:SecretVersion": 8,
+    "random:index/randomPassword:RandomPassword": 9,
+    "aws:secretsmanager/secret:Secret": 10,  # 7 generated + 2 of the observability plane + SMTP credentials
+    "aws:secretsmanager/secretVersion:SecretVersion": 10,
     "aws:sesv2/emailIdentity:EmailIdentity": 3,  # domain + 2 alert addresses
     "aws:sesv2/emailIdentityMailFromAttributes:EmailIdentityMailFromAttributes": 1,
     "aws:route53/record:Record": 7,  # 3 DKIM, MX, SPF, DMARC, A
@@ -114,7 +114,9 @@ def test_outputs_tell_an_operator_where_everything_is(example_run):
     assert outputs["flowLogGroup"] == "/gitea-stack/prod/vpc-flow-logs"
     assert set(outputs["secretNames"]) == {
         "postgres-password", "gitea-admin-password", "gitea-secret-key", "gitea-internal-token",
-        "runner-registration-token", "metrics-token", "restic-password", "smtp-credentials"}
+        "runner-registration-token", "metrics-token", "restic-password", "smtp-credentials",
+        "grafana-admin-password", "postgres-exporter-password"}
+    assert outputs["grafanaUrl"] == "https://git.example.com/grafana/"
     assert all(name.startswith("gitea-stack/prod/") for name in outputs["secretNames"].values())
     assert outputs["instanceId"] == "i-0123456789abcdef0"
     assert outputs["dataVolumeId"] == "vol-0123456789abcdef0"

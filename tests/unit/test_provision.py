@@ -128,5 +128,5 @@ def test_the_replay_harness_orders_steps_by_their_dependencies(example_run):
     assert order[0] == "provision-wait-for-host" and order[-1] == "provision-converge"
     assert set(order) == set(STEPS)
     secrets = stored_secrets(example_run)
-    assert len(secrets) == 8 and all(name.startswith("gitea-stack/prod/") for name in secrets)
+    assert len(secrets) == 10 and all(name.startswith("gitea-stack/prod/") for name in secrets)
     assert secrets["gitea-stack/prod/postgres-password-MOCK"] == "MOCK-SECRET-secrets-postgres-password-Zq7"
