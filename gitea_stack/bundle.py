@@ -50,6 +50,9 @@ class HostLayout:
     http_listen: str = "80"
     https_listen: str = "443"
     gitea_upstream: str = "gitea:3000"
+    grafana_upstream: str = "grafana:3000"
+    # nginx's access log: the container's stdout in production (Docker keeps it, Alloy reads it).
+    nginx_access_log: str = "/dev/stdout"
     # Docker's embedded DNS: nginx asks it for gitea's address at request time, so a recreated
     # container (new address) is found without a reload.
     dns_resolver: str = "127.0.0.11"

@@ -152,18 +152,27 @@ postgres_data_dir() {
   if [ "$1" -lt 18 ]; then echo "$DATA_DIR/postgres/data"; else echo "$DATA_DIR/postgres/$1"; fi
 }
 
-# Gitea's `gitea` role: owner of the database, no superuser, the password of the stack's secret.
+# Gitea's `gitea` role: owner of the database, no superuser, the password of the stack's secret; and
+# postgres_exporter's `gitea_stack_monitor`, once its secret is installed.
 # The cluster's superuser keeps no password: it logs in through the container's local socket only.
 set_database_role() {
-  local password
+  local password monitor_password monitor_sql=()
+  local monitor_file="$GITEA_STACK_DIR/secrets/postgres-exporter/postgres-exporter-password"
   password=$(<"$GITEA_STACK_DIR/secrets/postgres/postgres-password")
   password=${password//"'"/"''"}  # an SQL string literal
+  # postgres_exporter's role: pg_monitor (statistics and settings), no data, no writes.
+  if [ -r "$monitor_file" ]; then
+    monitor_password=$(<"$monitor_file")
+    monitor_sql=("SELECT 'CREATE ROLE gitea_stack_monitor' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gitea_stack_monitor') \\gexec"
+      "ALTER ROLE gitea_stack_monitor WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 3 PASSWORD '${monitor_password//"'"/"''"}';"
+      'GRANT pg_monitor TO gitea_stack_monitor;')
+  fi
   # The SQL goes in on stdin; no statement with the password reaches the server log, even on error.
   printf '%s\n' 'SET log_min_error_statement = panic;' "SET log_statement = 'none';" \
     "SELECT 'CREATE ROLE gitea' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gitea') \\gexec" \
     "ALTER ROLE gitea WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$password';" \
     'ALTER DATABASE gitea OWNER TO gitea;' \
-    'ALTER ROLE postgres PASSWORD NULL;' \
+    'ALTER ROLE postgres PASSWORD NULL;' "${monitor_sql[@]}" \
     | compose exec -T postgres psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres \
     >/dev/null
 }
