@@ -38,22 +38,31 @@ esac
 load_env_file "$GITEA_STACK_DIR/settings.env"
 load_env_file "$GITEA_STACK_DIR/stack-facts.env"
 
-SERVICES=(postgres gitea nginx docker-socket-proxy diun)
+# Grafana comes up last (start_grafana): its sign-in needs Gitea's OAuth2 application.
+SERVICES=(postgres gitea nginx docker-socket-proxy diun prometheus alertmanager node-exporter postgres-exporter
+  blackbox-exporter cadvisor loki alloy)
 # Owners of each service's secret files: the user each image runs as.
-declare -A SECRET_OWNER=([postgres]=999 [gitea]=1000 [diun]=0 [host]=0)
+declare -A SECRET_OWNER=([postgres]=999 [gitea]=1000 [diun]=0 [host]=0 [prometheus]=65534 [alertmanager]=65534
+  [postgres-exporter]=65534 [grafana]=472)
 declare -A SECRETS_OF=(
   [postgres]="postgres-password"
   [gitea]="postgres-password gitea-secret-key gitea-internal-token metrics-token smtp-host smtp-port smtp-username smtp-password"
   [diun]="smtp-username smtp-password"
   [host]="restic-password runner-registration-token restore-from-password"
+  [prometheus]="metrics-token"
+  [alertmanager]="smtp-password"
+  [postgres-exporter]="postgres-exporter-password"
+  [grafana]="grafana-admin-password"
 )
+# Files this script makes in a service's secrets directory from the fetched ones; in its digest too.
+declare -A MADE_SECRETS_OF=([alertmanager]="alertmanager.yml" [grafana]="grafana-oauth-client-id grafana-oauth-client-secret")
 # Staged only when the stack config asks for them (restoreFrom); installed when there.
 OPTIONAL_SECRETS=" restore-from-password "
 # Services that read their secret files when they start. Each gets a digest of its files in an env
 # file compose reads (runtime/<service>.env), so a changed secret changes the service's definition
 # and `compose up` recreates it: in this run or, if this one fails half-way, in the next. PostgreSQL
 # reads its password file only when it creates a cluster; sync_database_role applies a new one.
-RECREATED_ON_SECRET_CHANGE=(gitea diun)
+RECREATED_ON_SECRET_CHANGE=(gitea diun prometheus alertmanager postgres-exporter grafana)
 ADMIN_PASSWORD_FILE="$GITEA_STACK_DIR/secrets/host/gitea-admin-password"
 # Fingerprints of the secret key the forge's data was encrypted with and of the admin password last
 # applied; on the data volume, so they outlive the instance.
@@ -61,6 +70,11 @@ SECRET_KEY_FINGERPRINT="$DATA_DIR/state/gitea-secret-key.sha256"
 ADMIN_PASSWORD_FINGERPRINT="$DATA_DIR/state/gitea-admin-password.sha256"
 DATA_BOUND_SECRETS="$DATA_DIR/state/gitea-secrets"
 RESTORE_PENDING="$DATA_DIR/state/restore-from.pending"
+# Grafana's OAuth2 client in Gitea (its id and secret, which Gitea shows only once) and the
+# fingerprint of the Grafana admin password last applied: on the data volume, with Gitea's database.
+GRAFANA_OAUTH_DIR="$DATA_DIR/state/grafana-oauth"
+GRAFANA_OAUTH_APP="Grafana (gitea-stack)"
+GRAFANA_PASSWORD_FINGERPRINT="$DATA_DIR/state/grafana-admin-password.sha256"
 NGINX_CHANGED=false
 
 check_free_space() {
@@ -85,6 +99,13 @@ prepare_directories() {
   install -d -m 0750 -o 1000 -g 1000 "$DATA_DIR/gitea" "$DATA_DIR/gitea/data"
   # app.ini holds the database and SMTP passwords: only Gitea's user may enter its directory.
   install -d -m 0700 -o 1000 -g 1000 "$DATA_DIR/gitea/config"
+  # The observability plane's data, each owned by the user its image runs as.
+  install -d -m 0750 -o 65534 -g 65534 "$DATA_DIR/prometheus" "$DATA_DIR/alertmanager"
+  install -d -m 0750 -o 472 -g 472 "$DATA_DIR/grafana"
+  install -d -m 0750 -o 10001 -g 10001 "$DATA_DIR/loki"
+  install -d -m 0700 "$DATA_DIR/alloy" "$GRAFANA_OAUTH_DIR"
+  # health-check.sh's metrics, which node_exporter (nobody) reads.
+  install -d -m 0755 "$DATA_DIR/metrics"
   install -d -m 0755 "$GITEA_STACK_DIR/runtime" "$GITEA_STACK_DIR/runtime/nginx"
   install -d -m 0711 "$GITEA_STACK_DIR/secrets"
 }
@@ -211,6 +232,8 @@ install_secrets() {
     done
   done
   [ -s "$SECRET_KEY_FINGERPRINT" ] || fingerprint "$staging/gitea-secret-key" >"$SECRET_KEY_FINGERPRINT"
+  install_alertmanager_config
+  install_grafana_client
   for service in "${RECREATED_ON_SECRET_CHANGE[@]}"; do
     write_service_env "$service"
   done
@@ -218,8 +241,12 @@ install_secrets() {
 
 # runtime/<service>.env: the digest of the service's secret files, and what else it needs at start.
 write_service_env() {
-  local service=$1 keys digest env_file="$STAGING_DIR/$1.env"
+  local service=$1 keys made key digest env_file="$STAGING_DIR/$1.env"
   read -ra keys <<<"${SECRETS_OF[$service]}"
+  read -ra made <<<"${MADE_SECRETS_OF[$service]:-}"
+  for key in "${made[@]}"; do
+    if [ -e "$GITEA_STACK_DIR/secrets/$service/$key" ]; then keys+=("$key"); fi
+  done
   digest=$(cd "$GITEA_STACK_DIR/secrets/$service" && cat -- "${keys[@]}" | sha256sum | cut -d ' ' -f 1)
   printf 'GITEA_STACK_SECRETS_DIGEST=%s\n' "$digest" >"$env_file"
   if [ "$service" = diun ]; then  # the SES SMTP endpoint, which depends on the region
@@ -227,6 +254,91 @@ write_service_env() {
       "$(cat "$STAGING_DIR/smtp-host")" "$(cat "$STAGING_DIR/smtp-port")" >>"$env_file"
   fi
   install_if_changed "$GITEA_STACK_DIR/runtime/$service.env" "$env_file" 0 0600 || true
+}
+
+# Alertmanager reads no variables in its config file: a private copy of the bundle's gets the SES
+# SMTP endpoint and user name, which depend on the region and the SMTP user (the password stays in
+# a file of its own).
+install_alertmanager_config() {
+  local text staged=$STAGING_DIR/alertmanager.yml
+  text=$(<"$GITEA_STACK_DIR/alertmanager/alertmanager.yml")
+  # Quoted replacements: taken literally, whatever they hold.
+  text=${text//SMTP_SMARTHOST_FROM_SECRET/"$(<"$STAGING_DIR/smtp-host"):$(<"$STAGING_DIR/smtp-port")"}
+  text=${text//SMTP_USERNAME_FROM_SECRET/"$(<"$STAGING_DIR/smtp-username")"}
+  printf '%s\n' "$text" >"$staged"
+  install_if_changed "$GITEA_STACK_DIR/secrets/alertmanager/alertmanager.yml" "$staged" 65534 0600 || true
+}
+
+# Grafana's OAuth2 client id and secret, where Grafana reads them (once ensure_grafana_sign_in made them).
+install_grafana_client() {
+  local key
+  for key in client-id client-secret; do
+    if [ -s "$GRAFANA_OAUTH_DIR/$key" ]; then
+      install_if_changed "$GITEA_STACK_DIR/secrets/grafana/grafana-oauth-$key" "$GRAFANA_OAUTH_DIR/$key" 472 0600 || true
+    fi
+  done
+}
+
+# Calls Gitea's API as the administrator with a token: METHOD PATH [JSON BODY] on stdin of curl's
+# config, never on a command line. Prints the answer; fails on an HTTP error.
+gitea_api() {
+  local token=$1 method=$2 path=$3 body=${4:-}
+  {
+    printf '%s\n' "header = \"Authorization: token $token\"" "request = \"$method\"" \
+      "url = \"http://localhost:3000/api/v1$path\"" 'fail' 'silent' 'show-error'
+    if [ -n "$body" ]; then
+      printf '%s\n' 'header = "Content-Type: application/json"' "data = $(quoted "$body")"
+    fi
+  } | compose exec -T gitea curl --config -
+}
+
+# Sign-in to Grafana through the forge: an OAuth2 application of the administrator in Gitea, whose
+# client id and secret Grafana reads. Gitea shows a client secret only when it makes one, so they are
+# kept on the data volume; made (or, for an application of that name left by a restored forge, made
+# anew) only when they are missing there. The administrator's API token for it comes from Gitea's
+# CLI, since the password may have changed or have a second factor; nobody keeps that token.
+ensure_grafana_sign_in() {
+  local token redirect body listed app_id answer
+  if [ -s "$GRAFANA_OAUTH_DIR/client-id" ] && [ -s "$GRAFANA_OAUTH_DIR/client-secret" ]; then return 0; fi
+  log "registering Grafana as an OAuth2 application of $ADMIN_USERNAME in Gitea (sign-in through the forge)"
+  token=$(compose exec -T gitea gitea admin user generate-access-token --username "$ADMIN_USERNAME" \
+    --token-name "gitea-stack-grafana-setup-$(date -u +%Y%m%dT%H%M%S)" --scopes write:user --raw 2>/dev/null) \
+    || die "Gitea did not make an API token for $ADMIN_USERNAME; Grafana's sign-in could not be registered"
+  redirect="https://$DOMAIN/grafana/login/generic_oauth"
+  body="{\"name\":$(quoted "$GRAFANA_OAUTH_APP"),\"redirect_uris\":[$(quoted "$redirect")],\"confidential_client\":true,\"skip_secondary_authorization\":true}"
+  listed=$(gitea_api "$token" GET "/user/applications/oauth2?limit=50") || die "could not list the OAuth2 applications of $ADMIN_USERNAME"
+  app_id=$(python3 -c 'import json, sys; print(next((str(a["id"]) for a in json.load(sys.stdin) if a["name"] == sys.argv[1]), ""))' \
+    "$GRAFANA_OAUTH_APP" <<<"$listed")
+  if [ -n "$app_id" ]; then
+    answer=$(gitea_api "$token" PATCH "/user/applications/oauth2/$app_id" "$body") || die "could not renew Grafana's OAuth2 application in Gitea"
+  else
+    answer=$(gitea_api "$token" POST /user/applications/oauth2 "$body") || die "could not create Grafana's OAuth2 application in Gitea"
+  fi
+  python3 -c 'import json, os, sys
+answer = json.load(sys.stdin)
+for key, field in (("client-id", "client_id"), ("client-secret", "client_secret")):
+    descriptor = os.open(os.path.join(sys.argv[1], key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(answer[field])' "$GRAFANA_OAUTH_DIR" <<<"$answer" || die "Gitea's answer held no OAuth2 client"
+  install_grafana_client
+  write_service_env grafana
+}
+
+# Grafana applies its admin password only when it creates its database: a new or rotated
+# grafana-admin-password is set with Grafana's CLI (the password on stdin).
+apply_grafana_admin_password() {
+  local file="$GITEA_STACK_DIR/secrets/grafana/grafana-admin-password"
+  if [ "$(fingerprint "$file")" = "$(cat "$GRAFANA_PASSWORD_FINGERPRINT" 2>/dev/null)" ]; then return 0; fi
+  compose exec -T grafana grafana cli --homepath /usr/share/grafana admin reset-admin-password --password-from-stdin \
+    <"$file" >/dev/null || die "could not set Grafana's admin password"
+  fingerprint "$file" >"$GRAFANA_PASSWORD_FINGERPRINT"
+}
+
+start_grafana() {
+  ensure_grafana_sign_in
+  compose up --detach grafana >/dev/null
+  wait_until_healthy grafana
+  apply_grafana_admin_password
 }
 
 certificate_exists() { [ -s "$DATA_DIR/letsencrypt/live/$DOMAIN/fullchain.pem" ]; }
@@ -458,7 +570,8 @@ compose up --detach postgres >/dev/null
 wait_until_healthy postgres
 sync_database_role
 restore_from_old_stack
-update_changed_images gitea nginx docker-socket-proxy diun
+update_changed_images gitea nginx docker-socket-proxy diun prometheus alertmanager node-exporter postgres-exporter \
+  blackbox-exporter cadvisor grafana loki alloy
 gitea_before=$(compose ps --quiet gitea)
 # Compose recreates exactly the services whose definition (secret digests included) changed; the
 # rest keep running.
@@ -468,5 +581,6 @@ if [ "$NGINX_CHANGED" = true ] || [ "$(compose ps --quiet gitea)" != "$gitea_bef
 obtain_certificate
 wait_until_healthy "${SERVICES[@]}"
 ensure_admin_user
+start_grafana
 protect_app_ini
-log "converged: https://$DOMAIN/"
+log "converged: https://$DOMAIN/ (dashboards: https://$DOMAIN/grafana/)"

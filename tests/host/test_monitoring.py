@@ -158,6 +158,8 @@ def test_every_target_the_forge_runs_here_is_up(plane):
     down = {job: state for job, state in health.items() if job in RUNNING_JOBS and state[0] != "up"}
     assert not down, f"targets down: {down}\nlogs in {plane.workdir}"
     assert all(health[job][0] == "down" for job in ABSENT_JOBS), health
+    # Every series names its stack, so the dashboards can select it.
+    assert plane.value('count(up{stack="health"})') == len(RUNNING_JOBS | ABSENT_JOBS)
 
 
 def test_the_probes_see_the_forge_as_users_do(plane, testbed):  # noqa: F811
