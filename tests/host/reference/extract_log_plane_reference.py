@@ -221,9 +221,9 @@ def alloy_page(git_dir: str, ref: str, path: str) -> dict:
         if level == 2 and heading == "Arguments":
             page["arguments"] = arguments(lines)
         elif level == 2 and heading == "Blocks":
-            for path in block_rows(lines):
-                for parent, child in zip([None, *path[:-1]], path):
-                    entry = page["blocks"].setdefault(child, {"arguments": {}, "blocks": []})
+            for row in block_rows(lines):
+                for parent, child in zip([None, *row[:-1]], row):
+                    page["blocks"].setdefault(child, {"arguments": {}, "blocks": []})
                     if parent is None:
                         if child not in page["top_blocks"]:
                             page["top_blocks"].append(child)
@@ -231,7 +231,6 @@ def alloy_page(git_dir: str, ref: str, path: str) -> dict:
                         siblings = page["blocks"].setdefault(parent, {"arguments": {}, "blocks": []})["blocks"]
                         if child not in siblings:
                             siblings.append(child)
-                    del entry
             top_stage_names = list(page["top_blocks"])
         elif level == 2 and heading == "Exported fields":
             page["exports"] = [name for _, rows in tables(lines) for row in rows
@@ -240,8 +239,8 @@ def alloy_page(git_dir: str, ref: str, path: str) -> dict:
         if level >= 3 and (match := re.fullmatch(r"`([\w.]+)`", heading)) and match[1] in page["blocks"]:
             block = page["blocks"][match[1]]
             block["arguments"].update(arguments(lines))
-            for path in block_rows(lines):
-                for child in path[-1:]:
+            for row in block_rows(lines):
+                for child in row[-1:]:
                     if child not in block["blocks"]:
                         block["blocks"].append(child)
                     page["blocks"].setdefault(child, {"arguments": {}, "blocks": []})
@@ -265,7 +264,7 @@ TAG = re.compile(r'alloy:"([a-z_][a-z0-9_.]*),(?:attr|block|enum)')
 def alloy_code_tags(git_dir: str, ref: str) -> list[str]:
     listing = subprocess.run(["git", "-C", git_dir, "grep", "-h", "-o", "-E",
                               r'alloy:"[a-z_][a-z0-9_.]*,(attr|block|enum)', ref, "--", *ALLOY_CODE],
-                             capture_output=True, text=True).stdout
+                             check=False, capture_output=True, text=True).stdout
     return sorted({match[1] for match in TAG.finditer(listing)})
 
 
