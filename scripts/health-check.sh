@@ -12,6 +12,8 @@
 #                twice the backup schedule (BACKUP_SCHEDULE, gitea-stack:backupSchedule); on a new
 #                forge, the first one is awaited as long after the backup timer's install
 #   diun         Diun's container running, not restarting in a loop
+#   monitoring   prometheus and alertmanager healthy: without them no alert is mailed, and this
+#                check (mailed through SES's API, not through them) is what says so
 # Each check is ok or failed, with a detail and, when it failed, what to do first
 # (docs/runbooks/health.md says more).
 #
@@ -36,7 +38,7 @@
 # Exit codes: 0 every check passed (--notify: also when it skipped for another job); 1 at least one
 #   check failed: each failed one is named on stderr; 2 bad usage.
 set -euo pipefail
-usage() { sed -n '2,38s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,40s/^# \{0,1\}//p' "$0"; }
 output=human
 notify=false
 while [ $# -gt 0 ]; do
@@ -240,6 +242,22 @@ check_backup() {
   fi
 }
 
+check_monitoring() {
+  local service state states=() problems=()
+  for service in prometheus alertmanager; do
+    state=$(service_state "$service" 2>"$work/monitoring.err") || state="unknown ($(tail -n 1 "$work/monitoring.err"))"
+    [ "$state" != missing ] || state="not running"
+    states+=("$service $state")
+    [ "$state" = healthy ] || problems+=("$service is $state")
+  done
+  if [ ${#problems[@]} -eq 0 ]; then
+    record monitoring ok "$(join_comma "${states[@]}"): alerts are evaluated and mailed"
+  else
+    record monitoring failed "$(join_comma "${problems[@]}"): no alert is mailed until they are back" \
+      "see why: docker logs --tail 100 gitea-stack-prometheus-1 and gitea-stack-alertmanager-1 (a config or SMTP problem?); start them: $COMPOSE_HINT up --detach prometheus alertmanager (or run $GITEA_STACK_DIR/scripts/deploy.sh)"
+  fi
+}
+
 check_diun() {
   local container status restarting restarts started exit_code started_epoch ago
   local action="read docker logs --tail 100 gitea-stack-diun-1 (its SMTP secrets? the docker-socket-proxy?); start it again: $COMPOSE_HINT up --detach diun"
@@ -274,6 +292,7 @@ check_certificate
 check_disk
 check_backup
 check_diun
+check_monitoring
 
 status=0
 if [ "$output" = json ]; then

@@ -54,9 +54,9 @@ REGION = "eu-central-1"
 STACK = "health"
 DOMAIN = "git.example.com"
 ALERT_EMAIL = "ops@example.com"
-CHECKS = ["containers", "https", "git-ssh", "database", "certificate", "disk", "backup", "diun"]
-SERVICES = ("postgres", "gitea", "nginx", "docker-socket-proxy", "diun")
-HEALTHCHECKED = ("postgres", "gitea", "nginx")  # as in docker-compose.yml.j2
+CHECKS = ["containers", "https", "git-ssh", "database", "certificate", "disk", "backup", "diun", "monitoring"]
+SERVICES = ("postgres", "gitea", "nginx", "docker-socket-proxy", "diun", "prometheus", "alertmanager")
+HEALTHCHECKED = ("postgres", "gitea", "nginx", "prometheus", "alertmanager")  # as in docker-compose.yml.j2
 DATA_MIB = 32
 DATA_INODES = 2000
 
@@ -547,6 +547,11 @@ BREAKAGES = {
                         "Docker is restarting it (restarted 7 times"),
     "diun-crash-loop": ("diun", lambda bed: container_state(bed, "diun", restart_count=4, started_at=minutes_ago(2)),
                         "restarted by Docker 4 times, the last time 2 min ago"),
+    "alertmanager-stopped": ("monitoring", lambda bed: container_state(bed, "alertmanager", status="exited",
+                                                                       exit_code=1),
+                             "alertmanager is not running: no alert is mailed until they are back"),
+    "prometheus-unhealthy": ("monitoring", lambda bed: container_state(bed, "prometheus", health="unhealthy"),
+                             "prometheus is unhealthy"),
 }
 
 

@@ -27,6 +27,12 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
                        GET   /api/v1/repos/<owner>/<repo> a repository (a private one for its owner
                                                           and admins only, else 404)
                        GET   /metrics                     with "Authorization: Bearer <[metrics] TOKEN>"
+                       GET   /api/v1/user/applications/oauth2        the signed-in user's OAuth2
+                       POST  /api/v1/user/applications/oauth2        applications: list (no secrets),
+                       PATCH /api/v1/user/applications/oauth2/<id>   create (201) and update (a new
+                                                          client secret), as Gitea's API; basic auth
+                                                          or "Authorization: token T" with the
+                                                          scope read:user (GET) / write:user
                        git's smart HTTP at /<owner>/<repo>.git/(info/refs|git-upload-pack|git-receive-pack)
                                                           through `git http-backend`, as Gitea serves it:
                                                           clones and fetches of public repositories
@@ -40,6 +46,7 @@ It implements what the stack's compose file and deploy.sh rely on, with the real
   gitea admin user list [--admin]
   gitea admin user change-password --username U --password P [--must-change-password[=BOOL]]
   gitea admin user delete (--username U | --id N | --email E) [--purge]
+  gitea admin user generate-access-token --username U [--token-name N] [--scopes S] [--raw]
   gitea actions generate-runner-token [--scope S]       (alias: grt)
   gitea --version
 
@@ -81,6 +88,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # The release this image stands for. Images derived from it for the update tests set
@@ -223,6 +231,7 @@ class State:
                     data = json.load(handle)
             except FileNotFoundError:
                 data = {"next_id": 1, "users": [], "runner_tokens": [], "access_tokens": []}
+            data.setdefault("oauth2_applications", [])
             yield data
             if write:
                 temporary = f"{self.path}.{os.getpid()}.tmp"
@@ -250,6 +259,15 @@ def check_password(user: dict, password: str) -> bool:
 
 def find_user(data: dict, name: str) -> dict | None:
     return next((u for u in data["users"] if u["username"].lower() == name.lower()), None)
+
+
+OAUTH2_APPLICATIONS = "/api/v1/user/applications/oauth2"
+
+
+def oauth2_application_json(application: dict) -> dict:
+    """As Gitea's API shows an application: the client secret only when it is made."""
+    return {key: application[key] for key in ("id", "name", "client_id", "redirect_uris", "confidential_client",
+                                              "skip_secondary_authorization", "created")} | {"client_secret": ""}
 
 
 def public_user(user: dict) -> dict:
@@ -519,6 +537,32 @@ def cmd_user_delete(args: list[str]) -> int:
     return 0
 
 
+# Scopes Gitea knows (models/auth/access_token_scope.go): all, or read:/write: of a category.
+TOKEN_SCOPE = re.compile(r"^(all|(read|write):(activitypub|admin|issue|misc|notification|organization|package|"
+                         r"repository|user))$")
+
+
+def cmd_generate_access_token(args: list[str]) -> int:
+    values, positional = parse_flags(args, {"username": "string", "u": "username", "token-name": "string",
+                                            "t": "token-name", "scopes": "string", "raw": "bool"})
+    no_positionals(positional, "admin user generate-access-token")
+    name = str(values.get("token-name", "gitea-admin"))
+    scopes = [scope.strip() for scope in str(values.get("scopes", "all")).split(",") if scope.strip()]
+    if not all(TOKEN_SCOPE.match(scope) for scope in scopes):
+        raise CommandError(f"invalid access token scope provided: {values.get('scopes')}")
+    token = secrets.token_hex(20)
+    with state_for(values).open(write=True) as data:
+        user = find_user(data, str(values.get("username", "")))
+        if user is None:
+            raise CommandError(f"user does not exist: {values.get('username', '')}")
+        if any(t["user_id"] == user["id"] and t["name"] == name for t in data["access_tokens"]):
+            raise CommandError("access token name has been used already")
+        data["access_tokens"].append({"user_id": user["id"], "name": name, "sha256": _sha256(token),
+                                      "scopes": scopes})
+    print(token if values.get("raw") else f"Access token was successfully created: {token}")
+    return 0
+
+
 def cmd_generate_runner_token(args: list[str]) -> int:
     values, positional = parse_flags(args, {"scope": "string", "s": "scope"})
     no_positionals(positional, "actions generate-runner-token")
@@ -565,9 +609,21 @@ class Handler(BaseHTTPRequestHandler):
     def root_url(self) -> str:
         return setting(self.config, "server", "ROOT_URL", "http://localhost:3000/")
 
-    def authenticated_user(self, data: dict) -> dict | None:
+    def authenticated_user(self, data: dict, scope: str = "") -> dict | None:
+        """The user of basic auth credentials, or of an access token ("token T" or "Bearer T") whose
+        scopes allow `scope` (read:user is allowed by write:user and all)."""
         header = self.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
+        if scheme.lower() in ("token", "bearer") and scope:
+            digest = _sha256(credentials.strip())
+            token = next((t for t in data["access_tokens"] if hmac.compare_digest(t["sha256"], digest)), None)
+            if token is None:
+                return None
+            category = scope.split(":")[1]
+            granted = set(token.get("scopes", ["all"]))
+            allowed = {"all", scope, f"write:{category}"} if scope.startswith("read:") else {"all", scope}
+            user = next((u for u in data["users"] if u["id"] == token["user_id"]), None)
+            return user if granted & allowed and user and user["is_active"] else None
         if scheme.lower() != "basic":
             return None
         try:
@@ -683,6 +739,14 @@ class Handler(BaseHTTPRequestHandler):
             user = self.signed_in_user()
             if user is not None:
                 self.send_json(200, public_user(user))
+        elif path == OAUTH2_APPLICATIONS:
+            with self.state.open() as data:
+                user = self.authenticated_user(data, "read:user")
+                if user is None:
+                    self.fail(401, "token is required")
+                    return
+                listed = [oauth2_application_json(a) for a in data["oauth2_applications"] if a["user_id"] == user["id"]]
+            self.send_json(200, listed)
         elif path == "/metrics":
             token = setting(self.config, "metrics", "TOKEN")
             enabled = setting(self.config, "metrics", "ENABLED", "false").lower() == "true"
@@ -728,6 +792,9 @@ class Handler(BaseHTTPRequestHandler):
         if GIT_PATH.fullmatch(self.path_only()):
             self.serve_git()
             return
+        if self.path_only() == OAUTH2_APPLICATIONS:
+            self.save_oauth2_application(None)
+            return
         if self.path_only() != "/api/v1/user/repos":
             self.fail(404, "Not Found")
             return
@@ -767,7 +834,43 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.send_json(201, self.repository_json(repository))
 
+    def save_oauth2_application(self, application_id: int | None) -> None:
+        """POST (None) or PATCH an OAuth2 application of the token's user; a new client secret either way."""
+        body = self.json_body()
+        if body is NOT_JSON:
+            return
+        with self.state.open(write=True) as data:
+            user = self.authenticated_user(data, "write:user")
+            if user is None:
+                self.fail(401, "token is required")
+                return
+            if not isinstance(body, dict) or not body.get("name") or not isinstance(body.get("redirect_uris"), list):
+                self.fail(422, "[Name] and [RedirectURIs] are required")
+                return
+            secret = "gto_" + secrets.token_hex(26)
+            fields = {"name": body["name"], "redirect_uris": body["redirect_uris"],
+                      "confidential_client": bool(body.get("confidential_client", True)),
+                      "skip_secondary_authorization": bool(body.get("skip_secondary_authorization", False)),
+                      "client_secret_sha256": _sha256(secret)}
+            if application_id is None:
+                application = {"id": data["next_id"], "user_id": user["id"], "client_id": str(uuid.uuid4()),
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+                data["next_id"] += 1
+                data["oauth2_applications"].append(application)
+            else:
+                application = next((a for a in data["oauth2_applications"]
+                                    if a["id"] == application_id and a["user_id"] == user["id"]), None)
+                if application is None:
+                    self.fail(404, "The target couldn't be found.")
+                    return
+                application.update(fields)
+        self.send_json(201 if application_id is None else 200,
+                       {**oauth2_application_json(application), "client_secret": secret})
+
     def do_PATCH(self) -> None:  # noqa: N802
+        if match := re.fullmatch(re.escape(OAUTH2_APPLICATIONS) + r"/(\d+)", self.path_only()):
+            self.save_oauth2_application(int(match.group(1)))
+            return
         match = re.fullmatch(r"/api/v1/admin/users/([^/]+)", self.path_only())
         if not match:
             self.fail(404, "Not Found")
@@ -975,6 +1078,7 @@ COMMANDS = {
     ("admin", "user", "list"): cmd_user_list,
     ("admin", "user", "change-password"): cmd_user_change_password,
     ("admin", "user", "delete"): cmd_user_delete,
+    ("admin", "user", "generate-access-token"): cmd_generate_access_token,
     ("actions", "generate-runner-token"): cmd_generate_runner_token,
     ("actions", "grt"): cmd_generate_runner_token,
 }
