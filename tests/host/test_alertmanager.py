@@ -6,6 +6,7 @@ Inhibited alerts are not mailed. Prometheus' side (rules that fire) is tests/hos
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.policy
 import json
@@ -98,6 +99,7 @@ class RunningAlertmanager:
     url: str
     mailbox: Mailbox
     workdir: Path
+    address: str
 
     def post(self, *alerts: dict) -> None:
         request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(list(alerts)).encode(),
@@ -148,9 +150,11 @@ def alertmanager(tmp_path_factory) -> Iterator[RunningAlertmanager]:
     password_file = workdir / "smtp-password"
     password_file.write_text(SMTP_PASSWORD)
     config = yaml.safe_load(with_secrets(production_config(), f"127.0.0.1:{smtp_port}", password_file))
-    # Test-only changes: group_wait is 30 s in production (alerts of one cause travel together);
-    # 1 s keeps the test short. SES' certificate is publicly trusted; the test's comes from its own CA.
+    # Test-only changes: group_wait (30 s) lets alerts of one cause travel together, group_interval
+    # (5 min) bounds the mails of an open group, resolutions included; seconds keep the test short.
+    # SES' certificate is publicly trusted; the test's comes from its own CA.
     config["route"]["group_wait"] = "1s"
+    config["route"]["group_interval"] = "2s"
     for mail in config["receivers"][0]["email_configs"]:
         mail["tls_config"] = {"ca_file": str(ca_file)}
     config_file = workdir / "alertmanager.yml"
@@ -168,7 +172,7 @@ def alertmanager(tmp_path_factory) -> Iterator[RunningAlertmanager]:
             wait_for_port(web_port, timeout=30)
         except TimeoutError:
             pytest.fail(f"Alertmanager did not start: {(workdir / 'alertmanager.log').read_text()}")
-        yield RunningAlertmanager(f"http://127.0.0.1:{web_port}", mailbox, workdir)
+        yield RunningAlertmanager(f"http://127.0.0.1:{web_port}", mailbox, workdir, f"127.0.0.1:{web_port}")
     finally:
         stop_process(process)
         smtp.stop()
@@ -227,3 +231,51 @@ def test_postgres_down_mutes_gitea_down(alertmanager):
                       alert("GiteaDown", "critical", job="gitea", instance="gitea:3000"))
     status = alertmanager.status_of("GiteaDown")
     assert status["state"] == "suppressed" and status["inhibitedBy"], status
+
+
+def test_a_resolved_alert_is_mailed_as_resolved(alertmanager):
+    backup = alert("BackupFailed", "warning", job="node", instance="node-exporter:9100")
+    alertmanager.post(backup)
+    alertmanager.mailbox.wait_for("FIRING: BackupFailed", count=len(SETTINGS.alert_emails))
+    alertmanager.post({**backup, "endsAt": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    mails = alertmanager.mailbox.wait_for("RESOLVED: BackupFailed", count=len(SETTINGS.alert_emails))
+    assert sorted(address for recipients, _ in mails for address in recipients) == sorted(SETTINGS.alert_emails)
+    assert mails[0][1]["Subject"] == f"[gitea-stack {STACK}] RESOLVED: BackupFailed (warning)"
+    assert "RESOLVED BackupFailed (warning)" in mails[0][1].get_body(preferencelist=("plain",)).get_content()
+
+
+def test_a_stopped_gitea_is_mailed_by_prometheus_with_the_bundles_rules(alertmanager, tmp_path):
+    """The whole path: Debian's Prometheus runs the bundle's target rules against a Gitea that does
+    not answer, fires GiteaDown after its minute, and Alertmanager mails it with the rule's action."""
+    binary = require_tool("prometheus", "prometheus")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "targets.yml").write_text(render(SETTINGS)["prometheus/rules/targets.yml"][0])
+    gitea, web_port = f"127.0.0.1:{free_port()}", free_port()  # nothing listens on gitea's port
+    # Scraped and evaluated every 5 s (production: 60 s and 30 s); a stack label of its own makes
+    # a new mail group beside the alerts the other tests posted.
+    config = {"global": {"scrape_interval": "5s", "evaluation_interval": "5s",
+                         "external_labels": {"stack": "prometheus-test"}},
+              "rule_files": [str(rules_dir / "*.yml")],
+              "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.address]}]}]},
+              "scrape_configs": [{"job_name": "gitea", "static_configs": [{"targets": [gitea]}]}]}
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("wb")
+    process = subprocess.Popen([binary, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                                f"--web.listen-address=127.0.0.1:{web_port}"],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        mails: list = []
+        while len(mails) < len(SETTINGS.alert_emails) and time.monotonic() < deadline:
+            mails = [(recipients, message) for recipients, message in alertmanager.mailbox.about("FIRING: GiteaDown")
+                     if f"instance={gitea}" in message.get_body(preferencelist=("plain",)).get_content()]
+            time.sleep(1)
+    finally:
+        stop_process(process)
+    assert len(mails) == len(SETTINGS.alert_emails), (tmp_path / "prometheus.log").read_text()
+    body = mails[0][1].get_body(preferencelist=("plain",)).get_content()
+    assert f"What broke: Prometheus cannot scrape Gitea's /metrics at {gitea} (up = 0)" in body
+    assert "What to do first: On the host: `sudo docker compose -f /opt/gitea-stack/docker-compose.yml ps gitea`" in body
+    assert "stack=prometheus-test" in body and "docs/monitoring.md#giteadown" in body
