@@ -23,10 +23,14 @@ cd "$project_dir"
 # patchelf: Debian unstable's UML, on CPUs whose XSAVE area Debian 12's cannot take, see
 # tests/harness/uml.py; docker-registry: the image registry of the update tests;
 # restic and postgresql: backup.sh's real restic against a real PostgreSQL cluster; git: a real
-# repository to back up and fsck after the restore).
+# repository to back up and fsck after the restore; prometheus (with promtool),
+# prometheus-alertmanager (with amtool) and the node, postgres and blackbox exporters: the
+# monitoring plane's configs, alert rules and mail, run for real).
 debian_packages=(shellcheck e2fsprogs util-linux mount nginx pebble certbot openssl curl
   docker.io openssh-server openssh-client sudo iproute2 mmdebstrap dpkg-dev haproxy systemd cloud-init
-  user-mode-linux kmod patchelf restic postgresql git docker-registry)
+  user-mode-linux kmod patchelf restic postgresql git docker-registry
+  prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
+  prometheus-blackbox-exporter)
 
 missing_packages() {
   local package
