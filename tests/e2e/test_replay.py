@@ -26,12 +26,16 @@ import gitea_stack.bundle
 from gitea_stack.bundle import PRODUCTION
 from tests.harness.pulumi_mocks import run_program, stack_file_config
 from tests.harness.replay import SshTarget, remote_steps, replay, stored_secrets
-from tests.harness.testbed import Testbed
+from tests.harness.acme import listener_certificate
+from tests.harness.smtp import SesLikeSmtp
+from tests.harness.testbed import Testbed, persistent_listener_ca
 from tests.harness.testbed_images import build_images
 
 DOMAIN = "git.example.com"
 CACHE_DIR = Path("/var/cache/gitea-stack-testbed")
-SERVICES = ("postgres", "gitea", "nginx", "docker-socket-proxy", "diun")
+SERVICES = ("postgres", "gitea", "nginx", "docker-socket-proxy", "diun", "prometheus", "alertmanager", "node-exporter",
+            "postgres-exporter", "blackbox-exporter", "cadvisor", "grafana", "loki", "alloy")
+SMTP_PORT = 2525
 COMPOSE = "docker compose --project-name gitea-stack --project-directory /opt/gitea-stack"
 
 
@@ -60,11 +64,31 @@ def stack_config(testbed, images, **changes) -> dict[str, str]:
     return config
 
 
-def store_secrets(testbed, run) -> None:
-    """Puts the stack's secrets in moto's Secrets Manager, as `pulumi up` does."""
+def store_secrets(testbed, run, smtp_endpoint: tuple[str, int] | None = None) -> None:
+    """Puts the stack's secrets in moto's Secrets Manager, as `pulumi up` does; with `smtp_endpoint`,
+    the SMTP credentials name that server instead of SES's."""
     secrets_manager = testbed.boto3_client("secretsmanager")
     for name, value in stored_secrets(run).items():
+        if smtp_endpoint and "/smtp-credentials-" in name:
+            value = json.dumps({**json.loads(value), "host": smtp_endpoint[0], "port": smtp_endpoint[1]})
         secrets_manager.create_secret(Name=name, SecretString=value)
+
+
+def smtp_credentials(run) -> dict:
+    return json.loads(next(value for name, value in stored_secrets(run).items() if "/smtp-credentials-" in name))
+
+
+@pytest.fixture(scope="module")
+def smtp(testbed, stack_run, tmp_path_factory):
+    """SES's SMTP interface as the forge's containers reach it: STARTTLS with a certificate of the CA
+    the testbed's images trust (pebble's listener CA), then AUTH with the stack's SMTP user."""
+    ca, ca_key = persistent_listener_ca(testbed.cache_dir / "pebble-ca")
+    cert_file, key_file = listener_certificate(ca, ca_key, [testbed.host_address], [],
+                                               tmp_path_factory.mktemp("smtp"), days=1)
+    credentials = smtp_credentials(stack_run)
+    with SesLikeSmtp(testbed.host_address, SMTP_PORT, cert_file, key_file, credentials["username"],
+                     credentials["password"]) as server:
+        yield server
 
 
 def create_backup_bucket(testbed) -> dict[str, str]:
@@ -80,7 +104,7 @@ def create_backup_bucket(testbed) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack_run(testbed, images):
     run = run_program(stack_config(testbed, images), stack="e2e")
-    store_secrets(testbed, run)
+    store_secrets(testbed, run, smtp_endpoint=(testbed.host_address, SMTP_PORT))
     return run
 
 
@@ -93,7 +117,7 @@ def check_replay(run, target, only=None):
 
 
 @pytest.fixture(scope="module")
-def converged(stack_run, target):
+def converged(stack_run, target, smtp):
     started = time.monotonic()
     results = check_replay(stack_run, target)
     print(f"\nfirst replay: {time.monotonic() - started:.0f}s for {len(results)} steps")
@@ -526,3 +550,80 @@ def test_the_backup_timer_s_service_backs_the_running_forge_up_into_the_bucket(t
     assert "TABLE public " in listing.stdout
     files = testbed.run(f"{restic} ls {status['snapshots']['files']}").stdout
     assert "/srv/gitea-stack/gitea/config/app.ini" in files and "/opt/gitea-stack/secrets/gitea/gitea-secret-key" in files
+
+
+# --- the observability plane ----------------------------------------------------------------------
+
+def prometheus_api(testbed, path: str) -> dict:
+    """Prometheus' HTTP API, asked from inside its container (it publishes no port)."""
+    answer = testbed.run(f"docker exec gitea-stack-prometheus-1 wget --quiet --output-document=- "
+                         f"'http://127.0.0.1:9090/api/v1/{path}'").stdout
+    return json.loads(answer)["data"]
+
+
+def scraped_targets(testbed, timeout: float = 180) -> dict[str, dict]:
+    """job -> target, once every target has been scraped (the first scrape comes within its interval)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        targets = prometheus_api(testbed, "targets")["activeTargets"]
+        if (targets and all(t["health"] != "unknown" for t in targets)) or time.monotonic() > deadline:
+            return {target["labels"]["job"]: target for target in targets}
+        time.sleep(3)
+
+
+def test_the_plane_comes_up_and_every_target_is_up(testbed, converged):
+    targets = scraped_targets(testbed)
+    assert set(targets) == {"prometheus", "alertmanager", "node", "postgres", "cadvisor", "gitea", "alloy", "loki",
+                            "probe-https", "probe-git-ssh"}
+    down = {job: target["lastError"] for job, target in targets.items() if target["health"] != "up"}
+    assert not down, down
+    # Through the real exporters: PostgreSQL as the monitoring role, git SSH through the published port.
+    found = {result["metric"]["job"]: result["value"][1]
+             for result in prometheus_api(testbed, "query?query=pg_up%20or%20probe_success")["result"]}
+    assert found["postgres"] == "1" and found["probe-git-ssh"] == "1", found
+    # The testbed has no public DNS for the domain: probe-https is proven against real nginx in
+    # tests/host/test_monitoring.py. Every rule file loaded without error.
+    groups = prometheus_api(testbed, "rules")["groups"]
+    assert groups and all(rule["health"] != "err" for group in groups for rule in group["rules"])
+
+
+def test_grafana_is_behind_nginx_and_signs_in_through_gitea(testbed, converged):
+    status, body, _ = https_get(testbed, "/grafana/api/health")
+    assert status == 200 and b'"database"' in body
+    state = testbed.path("/srv/gitea-stack/state/grafana-oauth")
+    client_id = (state / "client-id").read_text()
+    assert client_id and (state / "client-secret").read_text()
+    # Grafana reads the same client, owned by its user, private.
+    secret_dir = testbed.path("/opt/gitea-stack/secrets/grafana")
+    assert (secret_dir / "grafana-oauth-client-id").read_text() == client_id
+    assert stat.S_IMODE((secret_dir / "grafana-oauth-client-secret").stat().st_mode) == 0o600
+    assert (secret_dir / "grafana-oauth-client-secret").stat().st_uid == 472
+    # The application Gitea knows redirects back to Grafana, and the admin password was applied.
+    gitea_state = json.loads(testbed.path("/srv/gitea-stack/gitea/data/standin-state.json").read_text())
+    (application,) = gitea_state["oauth2_applications"]
+    assert application["client_id"] == client_id
+    assert application["redirect_uris"] == [f"https://{DOMAIN}/grafana/login/generic_oauth"]
+    assert testbed.path("/srv/gitea-stack/grafana/standin-admin-password.sha256").exists()
+
+
+def test_a_stopped_gitea_is_mailed_as_an_alert_with_what_to_do(testbed, stack_run, target, smtp, converged):
+    scraped_targets(testbed)
+    assert not smtp.mailbox.about("GiteaDown")
+    testbed.run("docker stop gitea-stack-gitea-1")
+    settings = dict(line.split("=", 1) for line in testbed.path("/opt/gitea-stack/settings.env").read_text()
+                    .splitlines() if "=" in line and not line.startswith("#"))
+    alert_emails = settings["ALERT_EMAILS"].split(",")
+    try:
+        mails = smtp.mailbox.wait_for("FIRING: GiteaDown", count=len(alert_emails), timeout=360)
+        assert mails, f"no GiteaDown mail; mails so far: {[m['Subject'] for _, m in smtp.mailbox.messages]}"
+        # One mail for each address, through STARTTLS with the stack's SMTP user.
+        assert sorted(address for recipients, _ in mails for address in recipients) == sorted(alert_emails)
+        assert smtp.mailbox.logins and all(login == (smtp.mailbox.user, smtp.mailbox.password)
+                                           for login in smtp.mailbox.logins)
+        for _, message in mails:
+            assert message["Subject"].startswith("[gitea-stack e2e] FIRING: GiteaDown (critical)")
+            body = message.get_body(preferencelist=("plain",)).get_content()
+            assert "What to do first:" in body and "docs/monitoring.md#giteadown" in body
+    finally:
+        testbed.run("docker start gitea-stack-gitea-1")
+        check_replay(stack_run, target, only={"provision-converge"})

@@ -7,25 +7,20 @@ Inhibited alerts are not mailed. Prometheus' side (rules that fire) is tests/hos
 from __future__ import annotations
 
 import datetime
-import email
-import email.policy
 import json
-import ssl
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-
 from tests.harness.acme import make_listener_certificate
 from tests.harness.bundles import render, variant
 from tests.harness.nginx import free_port, wait_for_port
+from tests.harness.smtp import Mailbox, SesLikeSmtp
 from tests.harness.tools import require_tool, stop_process
 
 SETTINGS = variant("another-domain")  # two alertEmails addresses
@@ -33,34 +28,6 @@ STACK = SETTINGS.stack
 SMTP_USER = "AKIAEXAMPLESMTPUSER"
 SMTP_PASSWORD = "ses-smtp-password-from-secrets-manager"
 PASSWORD_FILE_IN_CONTAINER = "/run/gitea-stack/smtp-password"
-
-
-@dataclass
-class Mailbox:
-    """What the SMTP server accepted: one entry a message, with the envelope's recipients."""
-    messages: list[tuple[list[str], email.message.EmailMessage]] = field(default_factory=list)
-    logins: list[tuple[str, str]] = field(default_factory=list)
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
-        message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
-        self.messages.append((list(envelope.rcpt_tos), message))
-        return "250 OK"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        login, password = auth_data.login.decode(), auth_data.password.decode()
-        self.logins.append((login, password))
-        return AuthResult(success=(login, password) == (SMTP_USER, SMTP_PASSWORD))
-
-    def about(self, alertname: str) -> list[tuple[list[str], email.message.EmailMessage]]:
-        return [(recipients, message) for recipients, message in self.messages if alertname in message["Subject"]]
-
-    def wait_for(self, alertname: str, count: int, timeout: float = 30) -> list[tuple[list[str], email.message.EmailMessage]]:
-        deadline = time.monotonic() + timeout
-        while len(self.about(alertname)) < count and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return self.about(alertname)
 
 
 def production_config() -> str:
@@ -138,15 +105,10 @@ def alertmanager(tmp_path_factory) -> Iterator[RunningAlertmanager]:
     binary = require_tool("prometheus-alertmanager", "prometheus-alertmanager")
     workdir = tmp_path_factory.mktemp("alertmanager")
     ca_file, cert_file, key_file = make_listener_certificate(workdir / "tls")
-    mailbox = Mailbox()
     smtp_port, web_port = free_port(), free_port()
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert_file, key_file)
-    # As SES: STARTTLS before anything else, then AUTH with the SMTP credentials. PLAIN only:
-    # aiosmtpd's LOGIN asks "User Name" where SES and Alertmanager's client say "Username:".
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port, tls_context=tls, require_starttls=True,
-                      authenticator=mailbox.authenticate, auth_required=True, auth_require_tls=True,
-                      auth_exclude_mechanism=["LOGIN"])
+    # As SES: STARTTLS before anything else, then AUTH with the SMTP credentials.
+    smtp = SesLikeSmtp("127.0.0.1", smtp_port, cert_file, key_file, SMTP_USER, SMTP_PASSWORD)
+    mailbox = smtp.mailbox
     password_file = workdir / "smtp-password"
     password_file.write_text(SMTP_PASSWORD)
     config = yaml.safe_load(with_secrets(production_config(), f"127.0.0.1:{smtp_port}", password_file))
@@ -161,7 +123,7 @@ def alertmanager(tmp_path_factory) -> Iterator[RunningAlertmanager]:
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     log = (workdir / "alertmanager.log").open("wb")
     process = None
-    smtp.start()
+    smtp.__enter__()
     try:
         # --cluster.listen-address= : no gossip port, a single Alertmanager as on the host.
         process = subprocess.Popen([
@@ -175,7 +137,7 @@ def alertmanager(tmp_path_factory) -> Iterator[RunningAlertmanager]:
         yield RunningAlertmanager(f"http://127.0.0.1:{web_port}", mailbox, workdir, f"127.0.0.1:{web_port}")
     finally:
         stop_process(process)
-        smtp.stop()
+        smtp.__exit__()
 
 
 def test_a_fired_alert_is_mailed_to_every_address_with_what_to_do(alertmanager):
