@@ -7,13 +7,18 @@ SCRAM login from another container; the gitea stand-in starts against it with it
 (0600, owned by 1000) and serves /api/healthz; its CLI creates and lists the admin as deploy.sh
 does; it keeps a repository as a row in PostgreSQL and a directory in its data; nginx accepts
 the bundle's own site files (`http2 on;`) and answers its healthcheck; certbot runs and trusts the
-extra CA; diun reads its secrets and the Docker socket.
+extra CA; diun reads its secrets and the Docker socket. The observability plane, each image as the
+compose file runs it (user, command, mounts, healthcheck): Prometheus, Alertmanager, node_exporter
+and blackbox_exporter as nobody; postgres_exporter logs in from DATA_SOURCE_*; the Grafana stand-in
+reads the bundle's ini, secrets and provisioning and its CLI resets the admin password; Loki (as
+10001, /busybox/wget) takes a push; Alloy runs the bundle's config; cAdvisor lists containers.
 """
 
 from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -429,3 +434,188 @@ def test_diun_reads_its_secrets_and_the_docker_socket(docker, images, tmp_path):
     docker.run("stop", name)
     assert docker.run("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     docker.run("rm", name)
+
+
+# --- the observability plane: each image run as the compose file runs it (user, command, mounts) ---
+
+NOBODY = 65534
+
+
+def _wait_healthy(docker: Dockerd, name: str, healthcheck: list[str], timeout: float = 60) -> None:
+    """Compose's healthcheck command, run in the container until it succeeds."""
+    wait_until(f"{name}: {' '.join(healthcheck)}",
+               lambda: docker.run("exec", name, *healthcheck, check=False).returncode == 0,
+               timeout=timeout, on_timeout=lambda: docker.logs(name))
+
+
+def _owned_dir(path: Path, owner: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, owner, owner)
+    return path
+
+
+def _wget(url: str) -> list[str]:
+    return ["wget", "--quiet", "--output-document=/dev/null", url]
+
+
+def _stop_cleanly(docker: Dockerd, name: str) -> None:
+    docker.run("stop", name)
+    assert docker.run("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() in ("0", "143"), \
+        docker.logs(name)
+    docker.run("rm", name)
+
+
+def _prometheus_program_args(service: str, work: Path, bundle: dict,
+                             cleanup: list[Path]) -> tuple[list[str], list[str], list[str]]:
+    """(docker run options, command, healthcheck) as the compose file has them, with small configs."""
+    if service == "prometheus":
+        (work / "config").mkdir()
+        (work / "config" / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
+        options = ["--volume", f"{work / 'config'}:/etc/prometheus:ro",
+                   "--volume", f"{_owned_dir(work / 'data', NOBODY)}:/prometheus"]
+        command = ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                   "--storage.tsdb.retention.time=15d", "--storage.tsdb.retention.size=1GB",
+                   "--web.listen-address=:9090"]
+        return options, command, _wget("http://127.0.0.1:9090/-/healthy")
+    if service == "alertmanager":
+        write_secret(work / "secrets", "alertmanager.yml",
+                     "route:\n  receiver: mail\nreceivers:\n  - name: mail\n", NOBODY)
+        options = ["--volume", f"{work / 'secrets'}:/run/gitea-stack:ro",
+                   "--volume", f"{_owned_dir(work / 'data', NOBODY)}:/alertmanager"]
+        command = ["--config.file=/run/gitea-stack/alertmanager.yml", "--storage.path=/alertmanager",
+                   "--web.listen-address=:9093", "--cluster.listen-address="]
+        return options, command, _wget("http://127.0.0.1:9093/-/healthy")
+    if service == "node-exporter":
+        # Readable by nobody along its whole path below /host (pytest's tmp_path is root's, 0700).
+        textfiles = Path(tempfile.mkdtemp(prefix="gs-smoke-textfile-", dir="/tmp"))
+        cleanup.append(textfiles)
+        (textfiles / "smoke.prom").write_text("gitea_stack_smoke 1\n")
+        textfiles.chmod(0o755)
+        (textfiles / "smoke.prom").chmod(0o644)
+        # No --collector.systemd: the smoke test has no host D-Bus to give it.
+        options = ["--volume", "/:/host:ro"]
+        command = ["--path.rootfs=/host", "--web.listen-address=:9100",
+                   f"--collector.textfile.directory=/host{textfiles}",
+                   "--collector.filesystem.mount-points-exclude=^/(dev|proc|run|sys|var/lib/docker/.+)($|/)"]
+        return options, command, _wget("http://127.0.0.1:9100/metrics")
+    if service == "blackbox-exporter":
+        (work / "blackbox.yml").write_text(bundle["blackbox/blackbox.yml"][0])
+        options = ["--volume", f"{work / 'blackbox.yml'}:/etc/blackbox/blackbox.yml:ro"]
+        command = ["--config.file=/etc/blackbox/blackbox.yml", "--web.listen-address=:9115"]
+        return options, command, _wget("http://127.0.0.1:9115/-/healthy")
+    raise AssertionError(service)
+
+
+@pytest.mark.parametrize("service", ["prometheus", "alertmanager", "node-exporter", "blackbox-exporter"])
+def test_prometheus_programs_run_as_nobody_with_the_compose_command(docker, images, service, tmp_path):
+    cleanup: list[Path] = []
+    options, command, healthcheck = _prometheus_program_args(service, tmp_path, render(variant("example")), cleanup)
+    name = container_name(service)
+    try:
+        docker.run("run", "--detach", "--name", name, "--label", LABEL, "--user", f"{NOBODY}:{NOBODY}",
+                   "--security-opt", "no-new-privileges:true", *options, images[service], *command)
+        _wait_healthy(docker, name, healthcheck)
+        assert docker.run("exec", name, "id", "-u").stdout.strip() == str(NOBODY)
+        if service == "node-exporter":
+            metrics = docker.run("exec", name, "wget", "--quiet", "--output-document=-",
+                                 "http://127.0.0.1:9100/metrics").stdout
+            assert "gitea_stack_smoke 1" in metrics
+        _stop_cleanly(docker, name)
+    finally:
+        for directory in cleanup:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_postgres_exporter_logs_in_with_the_data_source_environment(docker, images, network, postgres, tmp_path):
+    write_secret(tmp_path / "secrets", "postgres-exporter-password", "smoke-db-pass'word", NOBODY)
+    name = container_name("postgres-exporter")
+    docker.run("run", "--detach", "--name", name, "--label", LABEL, "--network", network,
+               "--user", f"{NOBODY}:{NOBODY}", "--security-opt", "no-new-privileges:true",
+               "--env", "DATA_SOURCE_URI=postgres:5432/gitea?sslmode=disable", "--env", "DATA_SOURCE_USER=gitea",
+               "--env", "DATA_SOURCE_PASS_FILE=/run/gitea-stack/postgres-exporter-password",
+               "--volume", f"{tmp_path / 'secrets'}:/run/gitea-stack:ro", images["postgres-exporter"])
+    _wait_healthy(docker, name, _wget("http://127.0.0.1:9187/metrics"))
+    wait_until("pg_up 1 in postgres-exporter's metrics",
+               lambda: "\npg_up 1" in docker.run("exec", name, "wget", "--quiet", "--output-document=-",
+                                                  "http://127.0.0.1:9187/metrics", check=False).stdout,
+               timeout=30, on_timeout=lambda: docker.logs(name))
+    _stop_cleanly(docker, name)
+
+
+def test_grafana_reads_its_secret_files_and_provisioning_and_resets_the_admin_password(docker, images, tmp_path):
+    bundle = render(variant("example"))
+    for path, (content, *_rest) in bundle.items():
+        if path.startswith("grafana/"):
+            target = tmp_path / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+    for key in ("grafana-admin-password", "grafana-oauth-client-id", "grafana-oauth-client-secret"):
+        write_secret(tmp_path / "secrets", key, f"smoke-{key}", 472)
+    data = _owned_dir(tmp_path / "data", 472)
+    name = container_name("grafana")
+    docker.run("run", "--detach", "--name", name, "--label", LABEL, "--user", "472:472",
+               "--security-opt", "no-new-privileges:true",
+               "--volume", f"{tmp_path / 'grafana' / 'grafana.ini'}:/etc/grafana/grafana.ini:ro",
+               "--volume", f"{tmp_path / 'grafana' / 'provisioning'}:/etc/grafana/provisioning:ro",
+               "--volume", f"{tmp_path / 'grafana' / 'dashboards'}:/etc/grafana/dashboards:ro",
+               "--volume", f"{tmp_path / 'secrets'}:/run/gitea-stack:ro",
+               "--volume", f"{data}:/var/lib/grafana", images["grafana"])
+    _wait_healthy(docker, name, _wget("http://127.0.0.1:3000/grafana/api/health"))
+    login = docker.run("exec", name, "wget", "--quiet", "--output-document=-", "http://127.0.0.1:3000/grafana/login")
+    assert "Gitea" in login.stdout
+    # deploy.sh's reset of the break-glass admin's password.
+    docker.run("exec", "--interactive", name, "grafana", "cli", "--homepath", "/usr/share/grafana", "admin",
+               "reset-admin-password", "--password-from-stdin", input="smoke-grafana-admin\n")
+    recorded = (data / "standin-admin-password.sha256").read_text().strip()
+    assert recorded == hashlib.sha256(b"smoke-grafana-admin").hexdigest()
+    _stop_cleanly(docker, name)
+
+
+def test_loki_runs_the_bundles_config_as_10001_and_accepts_a_push(docker, images, tmp_path):
+    (tmp_path / "config.yml").write_text(render(variant("example"))["loki/config.yml"][0])
+    data = _owned_dir(tmp_path / "loki", 10001)
+    name = container_name("loki")
+    docker.run("run", "--detach", "--name", name, "--label", LABEL, "--user", "10001:10001",
+               "--security-opt", "no-new-privileges:true",
+               "--volume", f"{tmp_path / 'config.yml'}:/etc/loki/config.yml:ro", "--volume", f"{data}:/loki",
+               images["loki"], "-config.file=/etc/loki/config.yml")
+    _wait_healthy(docker, name, ["/busybox/wget", "--quiet", "--output-document=/dev/null",
+                                 "http://127.0.0.1:3100/ready"])
+    push = json.dumps({"streams": [{"stream": {"service": "smoke"}, "values": [[str(time.time_ns()), "hello"]]}]})
+    docker.run("exec", name, "/busybox/wget", "--quiet", "--output-document=/dev/null",
+               "--header=Content-Type: application/json", f"--post-data={push}",
+               "http://127.0.0.1:3100/loki/api/v1/push")
+    assert (data / "wal").is_dir()
+    _stop_cleanly(docker, name)
+
+
+def test_alloy_runs_the_bundles_config_and_answers_its_healthcheck(docker, images, tmp_path):
+    (tmp_path / "config.alloy").write_text(render(variant("example"))["alloy/config.alloy"][0])
+    name = container_name("alloy")
+    docker.run("run", "--detach", "--name", name, "--label", LABEL, "--user", "0:0", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges:true",
+               "--volume", f"{tmp_path / 'config.alloy'}:/etc/alloy/config.alloy:ro",
+               "--volume", f"{tmp_path / 'data'}:/var/lib/alloy/data", images["alloy"],
+               "run", "/etc/alloy/config.alloy", "--storage.path=/var/lib/alloy/data",
+               "--server.http.listen-addr=0.0.0.0:12345", "--disable-reporting")
+    _wait_healthy(docker, name, ["curl", "--fail", "--silent", "--output", "/dev/null", "http://127.0.0.1:12345/-/ready"])
+    metrics = docker.run("exec", name, "curl", "--fail", "--silent", "http://127.0.0.1:12345/metrics").stdout
+    assert "nginx_http_requests_total" in metrics and "admin_ssh_failed_logins_total" in metrics
+    _stop_cleanly(docker, name)
+
+
+def test_cadvisor_lists_containers_through_the_docker_api(docker, images):
+    name = container_name("cadvisor")
+    # The socket itself here (the product goes through docker-socket-proxy, tested with the stack).
+    docker.run("run", "--detach", "--name", name, "--label", LABEL, "--label", "com.docker.compose.service=cadvisor",
+               "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+               "--volume", f"{docker.socket}:/var/run/docker.sock", images["cadvisor"],
+               "--docker=unix:///var/run/docker.sock", "--docker_only=true", "--housekeeping_interval=30s",
+               "--store_container_labels=false", "--whitelisted_container_labels=com.docker.compose.service",
+               "--disable_metrics=advtcp,cpu_topology,cpuset,hugetlb,memory_numa,percpu,perf_event,process,"
+               "referenced_memory,resctrl,sched,tcp,udp")
+    _wait_healthy(docker, name, _wget("http://127.0.0.1:8080/healthz"))
+    metrics = docker.run("exec", name, "wget", "--quiet", "--output-document=-", "http://127.0.0.1:8080/metrics").stdout
+    assert f'name="{name}",container_label_com_docker_compose_service="cadvisor"' in metrics
+    assert "machine_memory_bytes" in metrics
+    _stop_cleanly(docker, name)

@@ -1,7 +1,8 @@
 """The end-to-end tier's container images, built here from Debian trixie: no registry needed.
 
 `build_images(docker_host, cache_dir, extra_ca_pem)` returns {service: image reference} for
-postgres, nginx, certbot, gitea, diun and docker-socket-proxy, e.g. `gitea-stack-testbed/gitea:1.27.3-rootless-<hash>`.
+postgres, nginx, certbot, gitea, diun, docker-socket-proxy and the observability plane (prometheus,
+alertmanager, node-exporter, postgres-exporter, blackbox-exporter, cadvisor, grafana, loki, alloy), e.g. `gitea-stack-testbed/gitea:1.27.3-rootless-<hash>`.
 Each reference passes `gitea_stack.settings.parse_image_reference` (an exact tag, never latest).
 
 Two steps, both cached, from the files in tests/e2e/images/<service>/:
@@ -45,7 +46,9 @@ from pathlib import Path
 IMAGES_DIR = Path(__file__).resolve().parents[1] / "e2e" / "images"
 COMMON_DIR = IMAGES_DIR / "common"
 REPOSITORY = "gitea-stack-testbed"
-SERVICES = ("postgres", "nginx", "certbot", "gitea", "diun", "docker-socket-proxy")
+SERVICES = ("postgres", "nginx", "certbot", "gitea", "diun", "docker-socket-proxy",
+            "prometheus", "alertmanager", "node-exporter", "postgres-exporter", "blackbox-exporter",
+            "cadvisor", "grafana", "loki", "alloy")
 SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 # The version each image stands for starts its tag; a hash of its inputs ends it.
@@ -56,6 +59,17 @@ TAG_PREFIXES = {
     "gitea": "1.27.3-rootless",     # the stand-in answers /api/v1/version with 1.27.3
     "diun": "4.33.0",
     "docker-socket-proxy": "3.0-trixie",  # trixie's HAProxy 3.0 standing in for haproxy:3.2-alpine
+    # The observability plane: trixie's packages (their upstream major.minor), and stand-ins
+    # named after the upstream version they answer with.
+    "prometheus": "2.53-trixie",
+    "alertmanager": "0.28-trixie",
+    "node-exporter": "1.9-trixie",
+    "postgres-exporter": "0.17-trixie",
+    "blackbox-exporter": "0.26-trixie",
+    "cadvisor": "v0.60.5",
+    "grafana": "13.2.0",
+    "loki": "3.7.8",
+    "alloy": "v1.19.2",
 }
 # Services whose image trusts the extra CA (the ACME test server's TLS CA).
 EXTRA_CA_SERVICES = frozenset({"certbot"})
