@@ -72,7 +72,8 @@ TAG_PREFIXES = {
     "alloy": "v1.19.2",
 }
 # Services whose image trusts the extra CA (the ACME test server's TLS CA).
-EXTRA_CA_SERVICES = frozenset({"certbot"})
+# alertmanager: the SES-like SMTP server of the e2e tests has a certificate from that CA too.
+EXTRA_CA_SERVICES = frozenset({"certbot", "alertmanager"})
 # Bump to rebuild everything when this module's way of building changes.
 RECIPE_VERSION = "1"
 MMDEBSTRAP_OPTIONS = (
