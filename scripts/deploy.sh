@@ -295,16 +295,22 @@ gitea_api() {
 # Sign-in to Grafana through the forge: an OAuth2 application of the administrator in Gitea, whose
 # client id and secret Grafana reads. Gitea shows a client secret only when it makes one, so they are
 # kept on the data volume; made (or, for an application of that name left by a restored forge, made
-# anew) only when they are missing there. The administrator's API token for it comes from Gitea's
-# CLI, since the password may have changed or have a second factor; nobody keeps that token.
+# anew) only when they are missing there or were made for another domain's redirect URI. The
+# administrator's API token for it comes from Gitea's CLI, since the password may have changed or
+# have a second factor; nobody keeps that token.
 ensure_grafana_sign_in() {
-  local token redirect body listed app_id answer
-  if [ -s "$GRAFANA_OAUTH_DIR/client-id" ] && [ -s "$GRAFANA_OAUTH_DIR/client-secret" ]; then return 0; fi
+  local token redirect="https://$DOMAIN/grafana/login/generic_oauth" body listed app_id answer
+  if [ -s "$GRAFANA_OAUTH_DIR/client-id" ] && [ -s "$GRAFANA_OAUTH_DIR/client-secret" ] \
+    && [ "$(cat "$GRAFANA_OAUTH_DIR/redirect-uri" 2>/dev/null)" = "$redirect" ]; then
+    # Kept from before, or just restored with Gitea's database (restoreFrom): where Grafana reads it.
+    install_grafana_client
+    write_service_env grafana
+    return 0
+  fi
   log "registering Grafana as an OAuth2 application of $ADMIN_USERNAME in Gitea (sign-in through the forge)"
   token=$(compose exec -T gitea gitea admin user generate-access-token --username "$ADMIN_USERNAME" \
     --token-name "gitea-stack-grafana-setup-$(date -u +%Y%m%dT%H%M%S)" --scopes write:user --raw 2>/dev/null) \
     || die "Gitea did not make an API token for $ADMIN_USERNAME; Grafana's sign-in could not be registered"
-  redirect="https://$DOMAIN/grafana/login/generic_oauth"
   body="{\"name\":$(quoted "$GRAFANA_OAUTH_APP"),\"redirect_uris\":[$(quoted "$redirect")],\"confidential_client\":true,\"skip_secondary_authorization\":true}"
   listed=$(gitea_api "$token" GET "/user/applications/oauth2?limit=50") || die "could not list the OAuth2 applications of $ADMIN_USERNAME"
   app_id=$(python3 -c 'import json, sys; print(next((str(a["id"]) for a in json.load(sys.stdin) if a["name"] == sys.argv[1]), ""))' \
@@ -320,6 +326,8 @@ for key, field in (("client-id", "client_id"), ("client-secret", "client_secret"
     descriptor = os.open(os.path.join(sys.argv[1], key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(answer[field])' "$GRAFANA_OAUTH_DIR" <<<"$answer" || die "Gitea's answer held no OAuth2 client"
+  # A new domain (a forge restored elsewhere) registers the application anew with its redirect.
+  printf '%s\n' "$redirect" >"$GRAFANA_OAUTH_DIR/redirect-uri"
   install_grafana_client
   write_service_env grafana
 }

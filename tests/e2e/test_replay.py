@@ -64,14 +64,26 @@ def stack_config(testbed, images, **changes) -> dict[str, str]:
     return config
 
 
-def store_secrets(testbed, run, smtp_endpoint: tuple[str, int] | None = None) -> None:
-    """Puts the stack's secrets in moto's Secrets Manager, as `pulumi up` does; with `smtp_endpoint`,
-    the SMTP credentials name that server instead of SES's."""
-    secrets_manager = testbed.boto3_client("secretsmanager")
-    for name, value in stored_secrets(run).items():
+def seeded_secrets(run, smtp_endpoint: tuple[str, int] | None = None) -> dict[str, str]:
+    """The stack's secrets as the program stores them; with `smtp_endpoint`, the SMTP credentials
+    name that server instead of SES's."""
+    secrets = stored_secrets(run)
+    for name, value in secrets.items():
         if smtp_endpoint and "/smtp-credentials-" in name:
-            value = json.dumps({**json.loads(value), "host": smtp_endpoint[0], "port": smtp_endpoint[1]})
+            secrets[name] = json.dumps({**json.loads(value), "host": smtp_endpoint[0], "port": smtp_endpoint[1]})
+    return secrets
+
+
+def store_secrets(testbed, run, smtp_endpoint: tuple[str, int] | None = None) -> None:
+    """Puts the stack's secrets in moto's Secrets Manager, as `pulumi up` does (seeded_secrets)."""
+    secrets_manager = testbed.boto3_client("secretsmanager")
+    for name, value in seeded_secrets(run, smtp_endpoint).items():
         secrets_manager.create_secret(Name=name, SecretString=value)
+
+
+def smtp_endpoint(testbed) -> tuple[str, int]:
+    """Where this module's SES-like SMTP server listens: this machine's end of the testbed's link."""
+    return testbed.host_address, SMTP_PORT
 
 
 def smtp_credentials(run) -> dict:
@@ -86,7 +98,7 @@ def smtp(testbed, stack_run, tmp_path_factory):
     cert_file, key_file = listener_certificate(ca, ca_key, [testbed.host_address], [],
                                                tmp_path_factory.mktemp("smtp"), days=1)
     credentials = smtp_credentials(stack_run)
-    with SesLikeSmtp(testbed.host_address, SMTP_PORT, cert_file, key_file, credentials["username"],
+    with SesLikeSmtp(*smtp_endpoint(testbed), cert_file, key_file, credentials["username"],
                      credentials["password"]) as server:
         yield server
 
@@ -104,7 +116,7 @@ def create_backup_bucket(testbed) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack_run(testbed, images):
     run = run_program(stack_config(testbed, images), stack="e2e")
-    store_secrets(testbed, run, smtp_endpoint=(testbed.host_address, SMTP_PORT))
+    store_secrets(testbed, run, smtp_endpoint(testbed))
     return run
 
 
