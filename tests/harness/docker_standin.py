@@ -9,7 +9,8 @@ and a few plain `docker` commands. This stand-in turns the calls that matter int
                                             service's entrypoint, with its cli.ini mount)
 
 and answers the others as the containers of a healthy host would (images present, services healthy,
-psql and Gitea's API accepting what they are sent, Gitea's admin list kept in a state file). A call it
+psql, Grafana's CLI and Gitea's API accepting what they are sent, Gitea's admin list and OAuth2
+applications kept in a state file). A call it
 has no answer for fails loudly (exit 125), naming it. Every call is logged (argv only: stdin may hold
 secrets and is read, never written anywhere) as one JSON line.
 
@@ -84,9 +85,26 @@ def option_value(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+def gitea_api(config: dict, curl_config: str) -> int:
+    """Gitea's API as curl's config on stdin asks it: the OAuth2 applications of the caller (none,
+    until one is created), anything else accepted without an answer body."""
+    if "/user/applications/oauth2" not in curl_config:
+        return 0
+    if 'request = "GET"' in curl_config:
+        print(json.dumps(load_state(config).get("oauth2_applications", [])))
+        return 0
+    application = {"id": 1, "name": "Grafana (gitea-stack)", "client_id": "stand-in-client-id",
+                   "client_secret": "stand-in-client-secret"}
+    save_state(config, oauth2_applications=[{**application, "client_secret": ""}])
+    print(json.dumps(application))
+    return 0
+
+
 def gitea(config: dict, command: list[str]) -> int:
     if command[:2] == ["curl", "--config"]:
-        sys.stdin.read()  # credentials and body: accepted, never kept
+        return gitea_api(config, sys.stdin.read())  # credentials and body: read, never kept
+    if command[:4] == ["gitea", "admin", "user", "generate-access-token"]:
+        print("stand-in-access-token")
         return 0
     if command[:4] == ["gitea", "admin", "user", "list"]:
         print(ADMIN_LIST_HEADER)
@@ -127,6 +145,9 @@ def compose(config: dict, argv: list[str]) -> int:
             return 0
         if service == "gitea":
             return gitea(config, command)
+        if service == "grafana" and command[:2] == ["grafana", "cli"]:
+            sys.stdin.read()  # the admin password: accepted, never kept
+            return 0
     if rest[:4] == ["run", "--rm", "--no-deps", "certbot"]:
         cli_ini = Path(options["project-directory"]) / "certbot" / "cli.ini"
         return subprocess.run([*config["certbot"], "--config", str(cli_ini), *rest[4:]],

@@ -48,9 +48,9 @@ from tests.harness.nginx import NginxServer, free_port, supports_http2_directive
 from tests.harness.tools import require_tool
 
 DOMAIN = "git.example.com"
-# nginx's "combined" access log line for pebble's validation request, answered 200.
+# The bundle's JSON access-log line for pebble's validation request, answered 200.
 CHALLENGE_FETCH = re.compile(
-    r'"GET /\.well-known/acme-challenge/[A-Za-z0-9_-]+ HTTP/1\.[01]" 200 \d+ "[^"]*" "LetsEncrypt-Pebble-VA')
+    r'"method":"GET","uri":"/\.well-known/acme-challenge/[A-Za-z0-9_-]+","status":200,.*"user_agent":"[^"]*Pebble-VA')
 
 
 @dataclass
@@ -151,6 +151,8 @@ def stack(tmp_path_factory):
         certbot_host_logs_dir=str(root / "certbot-logs"),
         acme_webroot=str(root / "acme-webroot"),
         nginx_http2_directive=supports_http2_directive(nginx_path),
+        # Where Stack.access_log reads it (stdout in production).
+        nginx_access_log=str(root / "nginx" / "access.log"),
     )
     (root / "acme-webroot").mkdir()
     (root / "pebble").mkdir()

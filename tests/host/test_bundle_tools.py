@@ -27,6 +27,8 @@ def rendered(request, tmp_path) -> Path:
     (tmp_path / "runtime" / "gitea.env").write_text("GITEA_STACK_SECRETS_DIGEST=0\n")
     (tmp_path / "runtime" / "diun.env").write_text("GITEA_STACK_SECRETS_DIGEST=0\n"
                                                    "DIUN_NOTIF_MAIL_HOST=email-smtp.eu-central-1.amazonaws.com\n")
+    for service in ("prometheus", "alertmanager", "postgres-exporter", "grafana"):
+        (tmp_path / "runtime" / f"{service}.env").write_text("GITEA_STACK_SECRETS_DIGEST=0\n")
     return tmp_path
 
 

@@ -28,7 +28,7 @@ import pytest
 
 from gitea_stack.bundle import HostLayout, write_bundle
 from gitea_stack.provision import stack_facts
-from gitea_stack.secrets import GENERATED_SECRETS
+from gitea_stack.secrets import GENERATED_SECRETS, PLANE_SECRETS
 from gitea_stack.settings import parse_settings
 from tests.harness.bundles import BASE, render
 from tests.harness.host_standins import (
@@ -45,8 +45,10 @@ from tests.host.test_nginx import wait_until, write_certificate
 
 DOMAIN = BASE["domain"]
 REGION = "eu-central-1"
-# Who owns each service's secrets: the user each image runs as (postgres 999, rootless Gitea 1000).
-SECRET_OWNERS = {"postgres": 999, "gitea": 1000, "diun": 0, "host": 0}
+# Who owns each service's secrets: the user each image runs as (postgres 999, rootless Gitea 1000,
+# the Prometheus images nobody, Grafana 472).
+SECRET_OWNERS = {"postgres": 999, "gitea": 1000, "diun": 0, "host": 0, "prometheus": 65534, "alertmanager": 65534,
+                 "postgres-exporter": 65534, "grafana": 472}
 
 
 @dataclass
@@ -106,7 +108,7 @@ def explain(result: subprocess.CompletedProcess) -> str:
 def store_canaries(moto: MotoServer) -> tuple[dict[str, str], dict[str, str]]:
     """Secrets Manager holds a canary for every secret, as `pulumi up` stores them: (names, values)."""
     client = moto.client("secretsmanager")
-    values = {key: f"CANARY{key.replace('-', '')}{secrets.token_hex(12)}" for key in GENERATED_SECRETS}
+    values = {key: f"CANARY{key.replace('-', '')}{secrets.token_hex(12)}" for key in [*GENERATED_SECRETS, *PLANE_SECRETS]}
     values["smtp-password"] = f"CANARYsmtp{secrets.token_hex(12)}"
     stored = {**{key: value for key, value in values.items() if key != "smtp-password"},
               "smtp-credentials": (f'{{"host": "email-smtp.{REGION}.amazonaws.com", "port": 587, '
@@ -193,7 +195,8 @@ def test_state_gitea_config_and_secret_digests_are_private(host):
     assert mode_and_owner(host.data_dir / "state") == (0o700, 0)
     assert mode_and_owner(host.data_dir / "gitea" / "config") == (0o700, 1000)
     env_files = sorted((host.bundle_dir / "runtime").glob("*.env"))
-    assert [path.name for path in env_files] == ["diun.env", "gitea.env"]
+    assert [path.name for path in env_files] == ["alertmanager.env", "diun.env", "gitea.env", "grafana.env",
+                                                 "postgres-exporter.env", "prometheus.env"]
     for path in env_files:
         assert mode_and_owner(path) == (0o600, 0), path
 
