@@ -299,14 +299,19 @@ gitea_api() {
 # administrator's API token for it comes from Gitea's CLI, since the password may have changed or
 # have a second factor; nobody keeps that token.
 ensure_grafana_sign_in() {
-  local token redirect="https://$DOMAIN/grafana/login/generic_oauth" body listed app_id answer
-  if [ -s "$GRAFANA_OAUTH_DIR/client-id" ] && [ -s "$GRAFANA_OAUTH_DIR/client-secret" ] \
-    && [ "$(cat "$GRAFANA_OAUTH_DIR/redirect-uri" 2>/dev/null)" = "$redirect" ]; then
-    # Kept from before, or just restored with Gitea's database (restoreFrom): where Grafana reads it.
-    install_grafana_client
-    write_service_env grafana
-    return 0
+  local redirect="https://$DOMAIN/grafana/login/generic_oauth"
+  # Kept from before, or just restored with Gitea's database (restoreFrom): only installed.
+  if ! [ -s "$GRAFANA_OAUTH_DIR/client-id" ] || ! [ -s "$GRAFANA_OAUTH_DIR/client-secret" ] \
+    || [ "$(cat "$GRAFANA_OAUTH_DIR/redirect-uri" 2>/dev/null)" != "$redirect" ]; then
+    register_grafana_client "$redirect"
   fi
+  install_grafana_client
+  write_service_env grafana
+}
+
+# Registers Grafana's OAuth2 application for redirect URI $1 and keeps its client in GRAFANA_OAUTH_DIR.
+register_grafana_client() {
+  local redirect=$1 token body listed app_id answer
   log "registering Grafana as an OAuth2 application of $ADMIN_USERNAME in Gitea (sign-in through the forge)"
   token=$(compose exec -T gitea gitea admin user generate-access-token --username "$ADMIN_USERNAME" \
     --token-name "gitea-stack-grafana-setup-$(date -u +%Y%m%dT%H%M%S)" --scopes write:user --raw 2>/dev/null) \
@@ -328,8 +333,6 @@ for key, field in (("client-id", "client_id"), ("client-secret", "client_secret"
         handle.write(answer[field])' "$GRAFANA_OAUTH_DIR" <<<"$answer" || die "Gitea's answer held no OAuth2 client"
   # A new domain (a forge restored elsewhere) registers the application anew with its redirect.
   printf '%s\n' "$redirect" >"$GRAFANA_OAUTH_DIR/redirect-uri"
-  install_grafana_client
-  write_service_env grafana
 }
 
 # Grafana applies its admin password only when it creates its database: a new or rotated

@@ -191,13 +191,17 @@ def mail_for(checks: list[dict], state: dict, reminder_hours: float, moment: dat
     return None
 
 
-def write_state(state_file: Path, state: dict) -> None:
-    """Atomically, mode 0644: names and times only, no secrets."""
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = state_file.with_name(f".{state_file.name}.tmp")
-    temporary.write_text(json.dumps(state, indent=2) + "\n")
+def write_public(path: Path, text: str) -> None:
+    """Atomically (a reader never sees half a file), mode 0644: names, times and states, no secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
     temporary.chmod(0o644)
-    temporary.replace(state_file)
+    temporary.replace(path)
+
+
+def write_state(state_file: Path, state: dict) -> None:
+    write_public(state_file, json.dumps(state, indent=2) + "\n")
 
 
 def notify(results_file: str, state_file: str, reminder_hours: str) -> int:
@@ -292,12 +296,7 @@ def write_metrics(out_file: str, results_file: str, calendar: str, backup_status
     interval = schedule_interval(calendar) or FALLBACK_INTERVAL_S
     text = metrics_text(read_results(results_file), interval, read_json(backup_status), read_json(drill_status),
                         read_json(update_status), now())
-    path = Path(out_file)
-    # node_exporter reads the directory as another user, and must never see a half-written file.
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    temporary.replace(path)
+    write_public(Path(out_file), text)  # node_exporter reads it as another user
     return 0
 
 
